@@ -1,0 +1,1 @@
+"""Layer 0: typed configs, device and dtype helpers, errors. Imports nothing internal."""

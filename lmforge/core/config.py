@@ -1,0 +1,112 @@
+"""Typed, frozen model configuration shared by every layer above."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Family = Literal["llama", "gpt2"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a decoder-only transformer.
+
+    `family` picks the block design:
+      - "llama": RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP, no biases
+        (Llama, Mistral, Qwen2 and SmolLM all fit; Qwen2 adds q/k/v biases via `attn_bias`).
+      - "gpt2": LayerNorm, learned positions, GELU MLP, biases everywhere.
+    """
+
+    family: Family = "llama"
+    vocab_size: int = 32000
+    dim: int = 512
+    n_layers: int = 8
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None -> same as n_heads (multi-head attention)
+    ffn_dim: int | None = None  # None -> family default
+    max_seq_len: int = 2048
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    attn_bias: bool = False  # q/k/v projection biases (Qwen2, GPT-2)
+    mlp_bias: bool = False
+    head_dim: int | None = None  # None -> dim // n_heads
+    qk_norm: bool = False  # RMSNorm on per-head queries and keys (stabilises small-model training)
+    logit_softcap: float | None = None  # tanh soft-capping of output logits (speedrun recipes)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.family not in ("llama", "gpt2"):
+            problems.append(f"family must be 'llama' or 'gpt2', got {self.family!r}")
+        for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                problems.append(f"{name} must be a positive integer, got {value!r}")
+        if not problems:
+            if self.kv_heads <= 0 or self.n_heads % self.kv_heads:
+                problems.append(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+            if self.head_dim is None and self.dim % self.n_heads:
+                problems.append(f"dim ({self.dim}) must be divisible by n_heads ({self.n_heads})")
+            if self.family == "llama" and self.head_size % 2:
+                problems.append(f"rotary embeddings need an even head size, got {self.head_size}")
+        if problems:
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
+
+    # Derived sizes -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.dim // self.n_heads
+
+    @property
+    def hidden_dim(self) -> int:
+        if self.ffn_dim is not None:
+            return self.ffn_dim
+        return 4 * self.dim if self.family == "gpt2" else _llama_ffn(self.dim)
+
+    def num_parameters(self, include_embeddings: bool = True) -> int:
+        """Parameter count computed from the shape alone (used for FLOP and cost estimates)."""
+        d, h, L = self.dim, self.hidden_dim, self.n_layers
+        q = self.n_heads * self.head_size
+        kv = self.kv_heads * self.head_size
+        attn = d * q + 2 * d * kv + q * d
+        mlp = 3 * d * h if self.family == "llama" else 2 * d * h
+        per_layer = attn + mlp + 2 * d
+        total = L * per_layer + d
+        if include_embeddings:
+            total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
+            if self.family == "gpt2":
+                total += self.max_seq_len * d
+        return total
+
+    # Serialisation --------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _llama_ffn(dim: int, multiple_of: int = 256) -> int:
+    # Llama's rule: 2/3 of 4*dim, rounded up to a hardware-friendly multiple.
+    hidden = int(2 * 4 * dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
