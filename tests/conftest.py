@@ -39,3 +39,28 @@ def shared_data() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def smollm(smollm_gguf):
+    """(model, tokenizer) of the embedded SmolLM2 loaded by lmforge in float32."""
+    from lmforge.io.gguf import load_gguf_model
+
+    return load_gguf_model(smollm_gguf, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def hf_smollm(smollm_gguf):
+    """The same GGUF loaded by Hugging Face transformers (the independent reference)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(smollm_gguf.parent), gguf_file=smollm_gguf.name, dtype=torch.float32
+    ).eval()
+
+
+@pytest.fixture(scope="session")
+def hf_smollm_tokenizer(smollm_gguf):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm_gguf.parent), gguf_file=smollm_gguf.name)

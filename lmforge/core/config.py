@@ -77,9 +77,15 @@ class ModelConfig:
         q = self.n_heads * self.head_size
         kv = self.kv_heads * self.head_size
         attn = d * q + 2 * d * kv + q * d
-        mlp = 3 * d * h if self.family == "llama" else 2 * d * h
-        per_layer = attn + mlp + 2 * d
-        total = L * per_layer + d
+        if self.family == "llama":
+            attn += (q + 2 * kv) * self.attn_bias + 2 * self.head_size * self.qk_norm
+            mlp = 3 * d * h + (2 * h + d) * self.mlp_bias
+            norms = 2 * d
+        else:  # GPT-2: biases everywhere, LayerNorms with weight and bias
+            attn += q + 2 * kv + d
+            mlp = 2 * d * h + h + d
+            norms = 4 * d
+        total = L * (attn + mlp + norms) + (d if self.family == "llama" else 2 * d)
         if include_embeddings:
             total += self.vocab_size * d * (1 if self.tie_embeddings else 2)
             if self.family == "gpt2":

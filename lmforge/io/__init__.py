@@ -1,1 +1,1 @@
-"""lmforge.io"""
+"""Layer 3: reading and writing model files (GGUF, Hugging Face folders, checkpoints)."""

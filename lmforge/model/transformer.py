@@ -27,58 +27,68 @@ from lmforge.core.config import ModelConfig
 # KV cache
 # --------------------------------------------------------------------------------------------
 class KVCache:
-    """Preallocated keys and values for every layer: [B, K, max_len, Dh] each.
+    """Preallocated keys and values for every layer: [rows, K, max_len, Dh] each.
 
-    All rows of a batch write the same slot range at each step; rows that started shorter are
-    left-padded and their padding slots are masked out through `key_valid`.
+    Each cache row holds one sequence, which may be at its own length: a forward call writes the
+    new tokens of row b at slots [starts[b], starts[b] + T). Rows of finished sequences are freed
+    by moving the last active row into their place (`move_row`), so active rows stay contiguous
+    and decode reads the cache by slicing, never by gathering.
     """
 
-    def __init__(self, config: ModelConfig, batch_size: int, max_len: int,
+    def __init__(self, config: ModelConfig, rows: int, max_len: int,
                  dtype: torch.dtype, device: torch.device | str) -> None:
         if max_len > config.max_seq_len:
             raise ValueError(f"KV cache length {max_len} exceeds the model context {config.max_seq_len}")
-        shape = (batch_size, config.kv_heads, max_len, config.head_size)
+        shape = (rows, config.kv_heads, max_len, config.head_size)
         self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
         self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.batch_size = batch_size
+        self.rows = rows
         self.max_len = max_len
 
-    def write(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, K, T, Dh] at slots [start, start+T); return all slots used so far."""
-        end = start + k.shape[2]
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+    def write(self, layer: int, inputs: "AttentionInputs", k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, K, T, Dh] for rows [first_row, first_row+B); return their slots [0, end)."""
+        B, T = k.shape[0], k.shape[2]
+        rows = slice(inputs.first_row, inputs.first_row + B)
+        keys, values = self.keys[layer], self.values[layer]
+        if inputs.uniform:
+            start = inputs.starts[0]
+            keys[rows, :, start:start + T] = k
+            values[rows, :, start:start + T] = v
+        else:
+            row_index = torch.arange(inputs.first_row, inputs.first_row + B, device=k.device)[:, None]  # [B, 1]
+            keys[row_index, :, inputs.positions] = k.transpose(1, 2)  # indexed view is [B, T, K, Dh]
+            values[row_index, :, inputs.positions] = v.transpose(1, 2)
+        return keys[rows, :, :inputs.end], values[rows, :, :inputs.end]
 
-    def select_rows(self, rows: torch.Tensor) -> None:
-        """Keep only the given batch rows (used when finished sequences leave a batch)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
-        self.batch_size = int(rows.numel())
+    def move_row(self, source: int, target: int) -> None:
+        """Copy row `source` over row `target` (used to keep active rows contiguous)."""
+        for tensor in (*self.keys, *self.values):
+            tensor[target].copy_(tensor[source])
 
 
 @dataclass
 class AttentionInputs:
     """What every attention layer needs for one forward call, computed once per call."""
 
-    start: int  # first cache slot written by this call
-    mask: torch.Tensor | None  # [B, 1, T, S] bool, True = may attend; None -> plain causal
-    cos: torch.Tensor | None  # [B, T, Dh] rotary tables (llama only)
-    sin: torch.Tensor | None
+    starts: list[int]  # per row: first cache slot this call writes (host-side, no device sync)
+    positions: torch.Tensor  # [B, T] absolute position of every new token
+    uniform: bool  # all rows start at the same slot (slice writes instead of scatter)
+    end: int  # slots [0, end) are read back from the cache
+    mask: torch.Tensor | None  # [B, 1, T, S] bool, True = may attend; None -> causal or full
     cache: KVCache | None
+    first_row: int = 0
+    cos: torch.Tensor | None = None  # [B, T, Dh] rotary tables (llama only)
+    sin: torch.Tensor | None = None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inputs: AttentionInputs) -> torch.Tensor:
     """q [B, H, T, Dh], k/v [B, K, T, Dh] -> [B, H, T, Dh] through the fused SDPA kernel."""
     if inputs.cache is not None:
-        k, v = inputs.cache.write(layer, inputs.start, k, v)  # [B, K, S, Dh]
+        k, v = inputs.cache.write(layer, inputs, k, v)  # [B, K, S, Dh]
     gqa = q.shape[1] != k.shape[1]
     if inputs.mask is None:
-        # Without a mask the new tokens are the last T of S slots; causal only matters when T > 1.
-        causal = q.shape[2] > 1
-        if causal and k.shape[2] != q.shape[2]:
-            raise ValueError("a multi-token call after a prefix needs an explicit mask")
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=gqa)
+        # No mask: either a fresh causal sequence (S == T) or single-token decode over all slots.
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, enable_gqa=gqa)
 
 
@@ -164,11 +174,22 @@ class LlamaBackbone(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(LlamaBlock(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, config.head_size, 2, dtype=torch.float64) / config.head_size))
-        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float64), inv_freq)  # [L, Dh/2]
+        self.rope_theta, self.head_size, self.max_seq_len = config.rope_theta, config.head_size, config.max_seq_len
+        self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.head_size), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(config.max_seq_len, config.head_size), persistent=False)
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """Fill the rotary tables (in float64 for accuracy, stored as float32)."""
+        device = self.rope_cos.device
+        if device.type == "meta":
+            return
+        exponents = torch.arange(0, self.head_size, 2, dtype=torch.float64, device=device) / self.head_size
+        inv_freq = 1.0 / (self.rope_theta ** exponents)  # [Dh/2]
+        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64, device=device), inv_freq)  # [L, Dh/2]
         angles = torch.cat((angles, angles), dim=-1)  # [L, Dh]
-        self.register_buffer("rope_cos", angles.cos().float(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin().float(), persistent=False)
+        self.rope_cos = angles.cos().float()
+        self.rope_sin = angles.sin().float()
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         x = self.embed_tokens(ids)  # [B, T, D]
@@ -259,31 +280,70 @@ class Transformer(nn.Module):
     def backbone(self) -> nn.Module:
         return self.model if self.config.family == "llama" else self.transformer
 
-    def new_cache(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.model.embed_tokens if self.config.family == "llama" else self.transformer.wte
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor],
+                        device: str | torch.device = "cpu") -> "Transformer":
+        """Build a model straight from weights (no throwaway random init); dtype follows the weights."""
+        with torch.device("meta"):
+            model = cls(config)
+        weights = {k: v for k, v in state_dict.items() if not (config.tie_embeddings and k == "lm_head.weight")}
+        expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise ValueError(f"weights do not match the {config.family} model: missing {missing[:4]}, unexpected {unexpected[:4]}")
+        try:
+            model.load_state_dict(weights, strict=False, assign=True)
+        except RuntimeError as error:  # shape mismatches
+            raise ValueError(f"weights do not match the model config: {error}") from None
+        if config.tie_embeddings:
+            model.lm_head.weight = model.embedding.weight
+        if config.family == "llama":  # non-persistent rotary tables are still on the meta device
+            model.model.rope_cos = torch.empty(config.max_seq_len, config.head_size)
+            model.model.rope_sin = torch.empty(config.max_seq_len, config.head_size)
+            model.model.reset_rope()
+        return model.to(device).eval()
+
+    def new_cache(self, rows: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         weight = self.lm_head.weight
-        return KVCache(self.config, batch_size, max_len or self.config.max_seq_len,
-                       dtype or weight.dtype, weight.device)
+        return KVCache(self.config, rows, max_len or self.config.max_seq_len, dtype or weight.dtype, weight.device)
 
     def forward(
         self,
         ids: torch.Tensor,  # [B, T] token ids
-        positions: torch.Tensor | None = None,  # [B, T] position of each token (default 0..T-1)
         cache: KVCache | None = None,
-        start: int = 0,  # first cache slot to write
-        key_valid: torch.Tensor | None = None,  # [B, start+T] bool: False for padding slots
+        starts: list[int] | None = None,  # with a cache: per row, slots already filled (default 0)
+        first_row: int = 0,  # with a cache: the cache row that batch row 0 uses
+        padding_mask: torch.Tensor | None = None,  # without a cache: [B, T] bool, False = right padding
         last_only: bool = False,  # compute logits only for the final position (prefill)
     ) -> torch.Tensor:  # [B, T, V] (or [B, 1, V] with last_only)
         B, T = ids.shape
-        if start + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds the model context of {self.config.max_seq_len}")
-        if positions is None:
-            positions = torch.arange(start, start + T, device=ids.device).expand(B, T)
+        starts = list(starts) if starts is not None else [0] * B
+        if len(starts) != B:
+            raise ValueError(f"starts has {len(starts)} entries for a batch of {B}")
+        end = max(starts) + T
+        if end > self.config.max_seq_len:
+            raise ValueError(f"sequence of {end} tokens exceeds the model context of {self.config.max_seq_len}")
+        if cache is not None and end > cache.max_len:
+            raise ValueError(f"sequence of {end} tokens exceeds the KV cache length of {cache.max_len}")
+        uniform = all(s == starts[0] for s in starts)
+        steps = torch.arange(T, device=ids.device)
+        positions = (torch.tensor(starts, device=ids.device)[:, None] + steps) if not uniform else (steps + starts[0]).expand(B, T)
         mask = None
-        if key_valid is not None:
-            mask = causal_mask(start, T, ids.device) & key_valid[:, None, None, : start + T]  # [B, 1, T, S]
-        elif cache is not None and start > 0 and T > 1:
-            mask = causal_mask(start, T, ids.device)[None, None]
-        inputs = AttentionInputs(start=start, mask=mask, cos=None, sin=None, cache=cache)
+        if padding_mask is not None:
+            if cache is not None:
+                raise ValueError("padding_mask is for cache-free calls; cached rows carry their own lengths")
+            mask = causal_mask(0, T, ids.device) & padding_mask[:, None, None, :].bool()  # [B, 1, T, T]
+        elif not uniform:
+            key_slot = torch.arange(end, device=ids.device)
+            mask = (key_slot[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        elif starts[0] > 0 and T > 1:
+            mask = causal_mask(starts[0], T, ids.device)[None, None]  # [1, 1, T, S]
+        inputs = AttentionInputs(starts=starts, positions=positions, uniform=uniform, end=end, mask=mask,
+                                 cache=cache, first_row=first_row)
         hidden = self.backbone(ids, positions, inputs)  # [B, T, D]
         if last_only:
             hidden = hidden[:, -1:]

@@ -1,0 +1,68 @@
+"""`lmforge chat`: interactive streaming chat, or one-shot with --prompt."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lmforge.cli.common import add_model_flags, add_sampling_flags, load_from_args, sampling_params
+from lmforge.infer.engine import Engine
+
+HELP = "commands: /reset clears the conversation, /exit quits"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("chat", help="chat with a model (interactive, or one-shot with --prompt)")
+    add_model_flags(parser)
+    add_sampling_flags(parser, max_new_tokens=512)
+    parser.add_argument("--prompt", default=None, help="ask one question, print the answer and exit")
+    parser.add_argument("--system", default=None, help="system prompt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = sampling_params(args)
+    model, tokenizer = load_from_args(args)
+    engine = Engine(model, tokenizer, max_batch_size=1)
+    base = [{"role": "system", "content": args.system}] if args.system else []
+    if args.prompt is not None:
+        answer = _reply(engine, base + [{"role": "user", "content": args.prompt}], params)
+        return 0 if answer is not None else 1
+
+    messages = list(base)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"lmforge chat with {args.model} ({HELP})")
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/exit":
+            break
+        if text == "/reset":
+            messages = list(base)
+            print("(conversation cleared)")
+            continue
+        messages.append({"role": "user", "content": text})
+        try:
+            answer = _reply(engine, messages, params)
+        except ValueError as error:  # e.g. the conversation outgrew the context
+            messages.pop()
+            print(f"lmforge: {error} (use /reset)", file=sys.stderr)
+            continue
+        messages.append({"role": "assistant", "content": answer})
+    return 0
+
+
+def _reply(engine: Engine, messages: list[dict], params) -> str:
+    pieces = []
+    for delta in engine.stream_chat(messages, params):
+        pieces.append(delta)
+        sys.stdout.write(delta)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(pieces)

@@ -1,0 +1,329 @@
+"""Inference engine: prefill, incremental decode over a preallocated KV cache, sampling, stopping.
+
+The engine holds up to `max_batch_size` sequences, one per KV-cache row. `add` prefills a new
+sequence into a free row and picks its first token; `step` advances every active sequence by one
+token in a single batched forward call; finished sequences leave through `release`. Because
+sequences may join and leave between steps, the same three calls serve plain `generate`, a
+streaming iterator, and the HTTP server's continuous batching.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence as Seq
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from lmforge.infer.sampling import SamplingParams, apply_penalties, choose_token
+from lmforge.model.transformer import KVCache, Transformer
+from lmforge.tokenizer.tokenizer import StreamDecoder, Tokenizer
+
+
+class Constraint(Protocol):
+    """Restricts which tokens may come next (structured output). Stateful, one per sequence."""
+
+    def allowed(self) -> torch.Tensor | None:  # [V] bool, or None for "anything"
+        ...
+
+    def advance(self, token_id: int) -> None:
+        ...
+
+    def is_complete(self) -> bool:  # True once the output may end here
+        ...
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # most likely alternatives at this position
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (end token or stop string) or "length"
+    prompt_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request being generated. `pending_text` holds text that is safe to show."""
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    stop_ids: frozenset[int]
+    decoder: StreamDecoder
+    constraint: Constraint | None = None
+    generator: torch.Generator | None = None
+    row: int = -1
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0  # characters of `text` already handed out by `take_delta`
+    finish_reason: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+    seen: torch.Tensor | None = None  # [V] bool, for the repetition penalty
+    counts: torch.Tensor | None = None  # [V] generated-token counts, for presence/frequency penalties
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def length(self) -> int:
+        """Tokens held in the KV cache for this sequence."""
+        return len(self.prompt_ids) + max(len(self.token_ids) - 1, 0)
+
+    def take_delta(self) -> str:
+        """New text since the last call, holding back what could still become a stop string."""
+        end = len(self.text)
+        if not self.finished:
+            end -= _stop_prefix_overlap(self.text, self.params.stop)
+        delta = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return delta
+
+    def completion(self) -> Completion:
+        return Completion(self.text, list(self.token_ids), self.finish_reason or "length", len(self.prompt_ids), self.logprobs)
+
+
+def _stop_prefix_overlap(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:k]):
+                best = k
+                break
+    return best
+
+
+class Engine:
+    """Generation over one model. Not thread-safe: one thread drives it (the server's scheduler)."""
+
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch_size: int = 8,
+                 max_seq_len: int | None = None) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = min(max_seq_len or model.config.max_seq_len, model.config.max_seq_len)
+        self.active: list[Sequence] = []  # active[i] lives in cache row i
+        self.cache: KVCache | None = None
+        self.vocab_size = model.config.vocab_size
+
+    # -- capacity ------------------------------------------------------------------------------
+    def check_length(self, prompt_tokens: int, max_new_tokens: int) -> None:
+        if prompt_tokens + max_new_tokens > self.max_seq_len:
+            raise ValueError(
+                f"prompt of {prompt_tokens} tokens plus max_new_tokens={max_new_tokens} exceeds the "
+                f"context of {self.max_seq_len} tokens; shorten the prompt or lower max_new_tokens"
+            )
+
+    def _ensure_cache(self, needed_len: int) -> None:
+        """Allocate lazily, grow by doubling (copying active rows) so short chats stay small."""
+        if self.cache is not None and self.cache.max_len >= needed_len:
+            return
+        new_len = min(self.max_seq_len, max(256, 1 << math.ceil(math.log2(needed_len))))
+        new_cache = self.model.new_cache(self.max_batch_size, new_len)
+        if self.cache is not None:
+            old_len = self.cache.max_len
+            for new, old in zip((*new_cache.keys, *new_cache.values), (*self.cache.keys, *self.cache.values)):
+                new[:, :, :old_len].copy_(old)
+        self.cache = new_cache
+
+    @property
+    def free_rows(self) -> int:
+        return self.max_batch_size - len(self.active)
+
+    # -- the three primitive operations ---------------------------------------------------------
+    @torch.inference_mode()
+    def add(self, prompt: str | Seq[int], params: SamplingParams, constraint: Constraint | None = None) -> Sequence:
+        """Prefill a new sequence into a free cache row and choose its first token."""
+        prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not prompt_ids:
+            if self.tokenizer.bos_id is None:
+                raise ValueError("the prompt is empty and the tokenizer has no beginning-of-sequence token")
+            prompt_ids = [self.tokenizer.bos_id]
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
+        self.check_length(len(prompt_ids), params.max_new_tokens)
+        if not self.free_rows:
+            raise RuntimeError("engine is full; wait for a sequence to finish")
+        stop_ids = params.stop_token_ids if params.stop_token_ids is not None else self.tokenizer.eos_ids
+        seq = Sequence(prompt_ids, params, frozenset() if params.ignore_eos else frozenset(stop_ids),
+                       StreamDecoder(self.tokenizer), constraint)
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=self.model.lm_head.weight.device).manual_seed(params.seed)
+        device = self.model.lm_head.weight.device
+        if params.repetition_penalty != 1.0:
+            seq.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
+            seq.seen[torch.tensor(prompt_ids, device=device)] = True
+        if params.presence_penalty or params.frequency_penalty:
+            seq.counts = torch.zeros(self.vocab_size, dtype=torch.int32, device=device)
+        if params.logprobs is not None:
+            seq.logprobs = []
+        self._ensure_cache(len(prompt_ids) + params.max_new_tokens)
+        seq.row = len(self.active)
+        self.active.append(seq)
+        ids = torch.tensor([prompt_ids], device=device)
+        logits = self.model(ids, cache=self.cache, starts=[0], first_row=seq.row, last_only=True)  # [1, 1, V]
+        self._accept(seq, logits[0, -1])
+        return seq
+
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """Advance every unfinished active sequence by one token (one batched forward call)."""
+        running = [s for s in self.active if not s.finished]
+        if not running:
+            return []
+        if len(running) != len(self.active):
+            raise RuntimeError("release finished sequences before stepping")
+        device = self.model.lm_head.weight.device
+        last = torch.tensor([[s.token_ids[-1]] for s in running], device=device)  # [B, 1]
+        starts = [s.length - 1 for s in running]  # slot of each row's newest (not yet cached) token
+        logits = self.model(last, cache=self.cache, starts=starts, first_row=0)  # [B, 1, V]
+        for seq, row_logits in zip(running, logits[:, -1]):
+            self._accept(seq, row_logits)
+        return running
+
+    def release(self, seq: Sequence) -> None:
+        """Free a sequence's cache row (finished or abandoned); the last row moves into its place."""
+        if seq not in self.active:
+            return
+        row = self.active.index(seq)
+        last = len(self.active) - 1
+        if row != last:
+            moved = self.active[last]
+            self.cache.move_row(last, row)
+            moved.row = row
+            self.active[row] = moved
+        self.active.pop()
+        seq.row = -1
+        if not seq.finished:
+            seq.finish_reason = "abort"
+
+    # -- token acceptance -----------------------------------------------------------------------
+    def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
+        """Pick the next token of `seq` from its logits [V] and update text and stop state."""
+        params = seq.params
+        logits = logits.float()
+        logits = apply_penalties(logits, params, seq.seen, seq.counts)
+        if seq.constraint is not None:
+            allowed = seq.constraint.allowed()
+            if allowed is not None:
+                allowed = allowed.clone()
+                if seq.constraint.is_complete():
+                    for stop_id in seq.stop_ids:
+                        allowed[stop_id] = True
+                logits = logits.masked_fill(~allowed, -math.inf)
+        token = choose_token(logits, params, seq.generator)
+        if seq.logprobs is not None:
+            log_probs = torch.log_softmax(logits, dim=-1)
+            top = torch.topk(log_probs, params.logprobs) if params.logprobs else None
+            alternatives = list(zip(top.indices.tolist(), top.values.tolist())) if top is not None else []
+            seq.logprobs.append(TokenLogprob(token, float(log_probs[token]), alternatives))
+        seq.token_ids.append(token)
+        if seq.seen is not None:
+            seq.seen[token] = True
+        if seq.counts is not None:
+            seq.counts[token] += 1
+        if token in seq.stop_ids:
+            seq.token_ids.pop()  # the end token is not part of the answer
+            if seq.logprobs:
+                seq.logprobs.pop()
+            seq.text += seq.decoder.flush()
+            seq.finish_reason = "stop"
+            return
+        if seq.constraint is not None:
+            seq.constraint.advance(token)
+        seq.text += seq.decoder.push(token)
+        if params.stop:
+            window = max(len(s) for s in params.stop) + 16
+            search_from = max(0, seq.emitted - window)
+            hits = [i for i in (seq.text.find(s, search_from) for s in params.stop) if i >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                seq.finish_reason = "stop"
+                return
+        if len(seq.token_ids) >= params.max_new_tokens:
+            seq.text += seq.decoder.flush()
+            seq.finish_reason = "length"
+
+    # -- conveniences built on add/step/release ----------------------------------------------------
+    def generate(self, prompts: Seq[str | Seq[int]], params: SamplingParams,
+                 constraints: Seq[Constraint | None] | None = None) -> list[Completion]:
+        """Complete every prompt; batches of up to max_batch_size run together."""
+        if self.active:
+            raise RuntimeError("generate() needs an idle engine")
+        for prompt in prompts:  # fail before any work when a prompt is too long
+            n = len(self.tokenizer.encode(prompt)) if isinstance(prompt, str) else len(prompt)
+            self.check_length(max(n, 1), params.max_new_tokens)
+        results: list[Completion | None] = [None] * len(prompts)
+        queue = list(enumerate(prompts))
+        owner: dict[int, int] = {}
+        try:
+            while queue or self.active:
+                while queue and self.free_rows:
+                    index, prompt = queue.pop(0)
+                    seq = self.add(prompt, params, constraints[index] if constraints else None)
+                    owner[id(seq)] = index
+                for seq in [s for s in self.active if s.finished]:
+                    results[owner[id(seq)]] = seq.completion()
+                    self.release(seq)
+                if self.active:
+                    self.step()
+        finally:
+            for seq in list(self.active):
+                self.release(seq)
+        return [r for r in results if r is not None]
+
+    def stream(self, prompt: str | Seq[int], params: SamplingParams,
+               constraint: Constraint | None = None) -> Iterator[str]:
+        """Yield text deltas as tokens arrive; never splits a UTF-8 character or leaks a stop string."""
+        if self.active:
+            raise RuntimeError("stream() needs an idle engine")
+        seq = self.add(prompt, params, constraint)
+        try:
+            while True:
+                delta = seq.take_delta()
+                if delta:
+                    yield delta
+                if seq.finished:
+                    break
+                self.step()
+        finally:
+            self.release(seq)
+        self.last_completion = seq.completion()
+
+    # -- chat -------------------------------------------------------------------------------------
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        from lmforge.tokenizer.chat import render_conversation
+
+        ids, _ = render_conversation(self.tokenizer, messages, add_generation_prompt=True)
+        return ids
+
+    def chat(self, messages: list[dict], params: SamplingParams) -> Completion:
+        return self.generate([self.chat_prompt(messages)], params)[0]
+
+    def stream_chat(self, messages: list[dict], params: SamplingParams) -> Iterator[str]:
+        return self.stream(self.chat_prompt(messages), params)
+
+
+def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, max_new_tokens: int,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             seed: int | None = None) -> list[str]:
+    """One-call text completion (used for sample generations during training)."""
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), 16)))
+    return [c.text for c in engine.generate(prompts, params)]

@@ -1,0 +1,178 @@
+"""Read GGUF files (llama.cpp's format) into an lmforge model, tokenizer and chat template.
+
+Order of work matters for untrusted files: `validate_gguf` checks the header and tensor table with
+a bounded parser first; only then does the `gguf` package's reader memory-map the file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lmforge.core.config import ModelConfig
+from lmforge.io.gguf_validate import validate_gguf
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer.tokenizer import Tokenizer
+
+# Quantization types we dequantize (the gguf package's numpy kernels do the arithmetic).
+SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "Q2_K", "Q3_K"}
+
+_LLAMA_LIKE = {"llama", "mistral", "qwen2"}
+
+
+@dataclass
+class GGUFContents:
+    config: ModelConfig
+    state_dict: dict[str, torch.Tensor]
+    tokenizer: Tokenizer
+    metadata: dict[str, Any]  # scalar metadata (arrays left out)
+
+
+def read_metadata(reader: Any) -> dict[str, Any]:
+    """All key/value metadata as plain Python values (arrays as lists)."""
+    meta: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        meta[key] = field.contents()
+    return meta
+
+
+def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> GGUFContents:
+    """Validate, then read config, dequantized weights (HF names) and tokenizer from a GGUF file."""
+    import gguf  # imported here so that merely importing lmforge.io stays light
+
+    path = Path(path)
+    validate_gguf(path)
+    reader = gguf.GGUFReader(path)
+    meta = read_metadata(reader)
+    config = config_from_metadata(meta, path)
+    tokenizer = Tokenizer.from_gguf_metadata(meta)
+    state_dict = {}
+    for tensor in reader.tensors:
+        type_name = tensor.tensor_type.name
+        if type_name not in SUPPORTED_TYPES:
+            raise ValueError(f"bad GGUF file {path.name}: tensor {tensor.name!r} has unsupported type {type_name}")
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists the fastest dimension first
+        weight = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
+        for name, value in hf_tensors(config, meta["general.architecture"], tensor.name, weight):
+            state_dict[name] = value.to(dtype)
+    # Files of tied models simply have no output.weight.
+    config = config.replace(tie_embeddings="lm_head.weight" not in state_dict)
+    scalars = {k: v for k, v in meta.items() if not isinstance(v, list)}
+    return GGUFContents(config, state_dict, tokenizer, scalars)
+
+
+def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+                    device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
+    contents = load_gguf(path, dtype)
+    return Transformer.from_state_dict(contents.config, contents.state_dict, device=device), contents.tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata -> ModelConfig
+# --------------------------------------------------------------------------------------------
+def config_from_metadata(meta: dict[str, Any], path: Path) -> ModelConfig:
+    arch = meta.get("general.architecture")
+    if arch not in _LLAMA_LIKE | {"gpt2"}:
+        raise ValueError(f"bad GGUF file {path.name}: general.architecture {arch!r} is not supported "
+                         f"(supported: {', '.join(sorted(_LLAMA_LIKE | {'gpt2'}))})")
+
+    def need(key: str) -> Any:
+        full = f"{arch}.{key}"
+        if full not in meta:
+            raise ValueError(f"bad GGUF file {path.name}: missing metadata {full}")
+        return meta[full]
+
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab = meta.get(f"{arch}.vocab_size", len(tokens) if tokens else None)
+    if vocab is None:
+        raise ValueError(f"bad GGUF file {path.name}: no {arch}.vocab_size and no tokenizer.ggml.tokens")
+    dim, n_heads = int(need("embedding_length")), int(need("attention.head_count"))
+    common = dict(
+        vocab_size=int(vocab),
+        dim=dim,
+        n_layers=int(need("block_count")),
+        n_heads=n_heads,
+        ffn_dim=int(need("feed_forward_length")),
+        max_seq_len=int(need("context_length")),
+    )
+    if arch == "gpt2":
+        return ModelConfig(family="gpt2", norm_eps=float(need("attention.layer_norm_epsilon")),
+                           tie_embeddings=True, attn_bias=True, mlp_bias=True, **common)
+    head_dim = meta.get(f"{arch}.attention.key_length")
+    return ModelConfig(
+        family="llama",
+        n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+        norm_eps=float(need("attention.layer_norm_rms_epsilon")),
+        attn_bias=arch == "qwen2",
+        head_dim=int(head_dim) if head_dim and int(head_dim) != dim // n_heads else None,
+        **common,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# GGUF tensor names -> Hugging Face names
+# --------------------------------------------------------------------------------------------
+_LLAMA_BLOCK = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+}
+_LLAMA_TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
+              "output.weight": "lm_head.weight"}
+_GPT2_BLOCK = {
+    "attn_norm.weight": "ln_1.weight", "attn_norm.bias": "ln_1.bias",
+    "attn_qkv.weight": "attn.c_attn.weight", "attn_qkv.bias": "attn.c_attn.bias",
+    "attn_output.weight": "attn.c_proj.weight", "attn_output.bias": "attn.c_proj.bias",
+    "ffn_norm.weight": "ln_2.weight", "ffn_norm.bias": "ln_2.bias",
+    "ffn_up.weight": "mlp.c_fc.weight", "ffn_up.bias": "mlp.c_fc.bias",
+    "ffn_down.weight": "mlp.c_proj.weight", "ffn_down.bias": "mlp.c_proj.bias",
+}
+_GPT2_TOP = {"token_embd.weight": "transformer.wte.weight", "position_embd.weight": "transformer.wpe.weight",
+             "output_norm.weight": "transformer.ln_f.weight", "output_norm.bias": "transformer.ln_f.bias",
+             "output.weight": "lm_head.weight"}
+
+
+def hf_tensors(config: ModelConfig, arch: str, name: str, weight: torch.Tensor):
+    """Yield (hf_name, tensor) for one GGUF tensor, undoing llama.cpp's Q/K row permutation."""
+    llama = config.family == "llama"
+    top, block = (_LLAMA_TOP, _LLAMA_BLOCK) if llama else (_GPT2_TOP, _GPT2_BLOCK)
+    if name in top:
+        yield top[name], weight
+        return
+    parts = name.split(".", 2)
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in block:
+        layer, suffix = int(parts[1]), parts[2]
+        prefix = f"model.layers.{layer}." if llama else f"transformer.h.{layer}."
+        if llama and arch != "qwen2" and suffix in ("attn_q.weight", "attn_q.bias"):
+            weight = unpermute_rows(weight, config.n_heads)
+        elif llama and arch != "qwen2" and suffix in ("attn_k.weight", "attn_k.bias"):
+            weight = unpermute_rows(weight, config.kv_heads)
+        yield prefix + block[suffix], weight
+        return
+    if name.startswith("rope_freqs"):
+        raise ValueError(f"GGUF tensor {name!r}: scaled rotary frequencies are not supported")
+    raise ValueError(f"GGUF tensor {name!r} is not part of a {arch} model")
+
+
+def unpermute_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Invert llama.cpp's conversion, which interleaves the two rotary halves of every head."""
+    rows = weight.shape[0]
+    return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)

@@ -1,0 +1,212 @@
+"""Hugging Face folders: config.json + *.safetensors + tokenizer files, read and written.
+
+An lmforge checkpoint *is* such a folder, so `transformers` opens our checkpoints directly. The
+config.json also carries the full lmforge ModelConfig under "lmforge_config", which keeps options
+that have no Hugging Face field (qk-norm, logit soft-capping) lossless for our own loader.
+Only safetensors are read: pickled weight files are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from lmforge.core.config import ModelConfig
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer.tokenizer import Tokenizer
+
+LLAMA_LIKE = ("llama", "mistral", "qwen2")
+# GPT-2 stores these as Conv1D weights of shape [in, out]; our nn.Linear wants [out, in].
+GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+MAX_CONFIG_BYTES = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+def read_config(folder: Path) -> dict[str, Any]:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json (not a Hugging Face model folder)")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path}: config.json is implausibly large")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return data
+
+
+def config_from_hf(data: dict[str, Any], where: str = "config.json") -> ModelConfig:
+    """Map a Hugging Face config dict to ModelConfig (Llama, Mistral, Qwen2, GPT-2)."""
+    if isinstance(data.get("lmforge_config"), dict):
+        return ModelConfig.from_dict(data["lmforge_config"])
+    model_type = data.get("model_type")
+
+    def need(key: str) -> Any:
+        if key not in data:
+            raise ValueError(f"{where}: missing field {key!r} for model_type {model_type!r}")
+        return data[key]
+
+    if model_type == "gpt2":
+        return ModelConfig(
+            family="gpt2", vocab_size=int(need("vocab_size")), dim=int(need("n_embd")), n_layers=int(need("n_layer")),
+            n_heads=int(need("n_head")), ffn_dim=data.get("n_inner") or 4 * int(need("n_embd")),
+            max_seq_len=int(need("n_positions")), norm_eps=float(data.get("layer_norm_epsilon", 1e-5)),
+            tie_embeddings=bool(data.get("tie_word_embeddings", True)), attn_bias=True, mlp_bias=True,
+        )
+    if model_type not in LLAMA_LIKE:
+        raise ValueError(f"{where}: model_type {model_type!r} is not supported (supported: gpt2, {', '.join(LLAMA_LIKE)})")
+    rope = data.get("rope_parameters") or data.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if rope_type not in ("default", None):
+        raise ValueError(f"{where}: rope scaling {rope_type!r} is not supported")
+    theta = data.get("rope_theta", rope.get("rope_theta", 10000.0) if isinstance(rope, dict) else 10000.0)
+    dim, n_heads = int(need("hidden_size")), int(need("num_attention_heads"))
+    head_dim = data.get("head_dim")
+    return ModelConfig(
+        family="llama", vocab_size=int(need("vocab_size")), dim=dim, n_layers=int(need("num_hidden_layers")),
+        n_heads=n_heads, n_kv_heads=int(data.get("num_key_value_heads") or n_heads),
+        ffn_dim=int(need("intermediate_size")), max_seq_len=int(need("max_position_embeddings")),
+        rope_theta=float(theta), norm_eps=float(data.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(data.get("tie_word_embeddings", False)),
+        attn_bias=model_type == "qwen2" or bool(data.get("attention_bias", False)),
+        mlp_bias=bool(data.get("mlp_bias", False)),
+        head_dim=int(head_dim) if head_dim and int(head_dim) != dim // n_heads else None,
+    )
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
+        hint = f" (found {', '.join(pickled)}: pickled weights are never loaded; convert them to safetensors)" if pickled else ""
+        raise FileNotFoundError(f"{folder} has no *.safetensors weights{hint}")
+    tensors: dict[str, torch.Tensor] = {}
+    for file in files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for key in handle.keys():
+                    if key in tensors:
+                        raise ValueError(f"{file.name}: tensor {key!r} appears in more than one file")
+                    tensors[key] = handle.get_tensor(key)
+        except (OSError, RuntimeError) as error:
+            raise ValueError(f"{file}: not a readable safetensors file ({error})") from None
+        except Exception as error:  # safetensors raises its own SafetensorError for corrupt headers
+            if type(error).__name__ == "SafetensorError":
+                raise ValueError(f"{file}: corrupt safetensors file ({error})") from None
+            raise
+    return tensors
+
+
+def normalise_gpt2_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF GPT-2 checkpoints may omit the 'transformer.' prefix and store Conv1D weights transposed."""
+    out = {}
+    for key, value in tensors.items():
+        if key.endswith(".attn.bias") or key.endswith(".attn.masked_bias"):
+            continue  # old causal-mask buffers, not parameters
+        if not key.startswith(("transformer.", "lm_head.")):
+            key = "transformer." + key
+        if key.endswith(GPT2_CONV1D):
+            value = value.t().contiguous()
+        out[key] = value
+    return out
+
+
+def load_pretrained(folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32,
+                    device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer | None]:
+    """Load a Hugging Face (or lmforge checkpoint) folder: model in `dtype`, tokenizer if present."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    raw = read_config(folder)
+    config = config_from_hf(raw, str(folder / "config.json"))
+    tensors = read_safetensors(folder)
+    if config.family == "gpt2":
+        tensors = normalise_gpt2_names(tensors)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    model = Transformer.from_state_dict(config, tensors, device=device)
+    tokenizer = Tokenizer.from_folder(folder) if (folder / "tokenizer.json").is_file() else None
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+def hf_config(config: ModelConfig, tokenizer: Tokenizer | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """The Hugging Face config.json for a model (plus our lossless copy under lmforge_config)."""
+    dtype_name = str(dtype).removeprefix("torch.")
+    special: dict[str, Any] = {}
+    if tokenizer is not None:
+        eos = sorted(tokenizer.eos_ids)
+        special = {"bos_token_id": tokenizer.bos_id, "eos_token_id": eos[0] if len(eos) == 1 else eos,
+                   "pad_token_id": tokenizer.pad_id}
+    if config.family == "gpt2":
+        data = {
+            "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
+            "n_embd": config.dim, "n_layer": config.n_layers, "n_head": config.n_heads, "n_inner": config.hidden_dim,
+            "n_positions": config.max_seq_len, "n_ctx": config.max_seq_len, "layer_norm_epsilon": config.norm_eps,
+            "activation_function": "gelu_new", "tie_word_embeddings": config.tie_embeddings,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        }
+    else:
+        model_type = "qwen2" if config.attn_bias else "llama"
+        data = {
+            "architectures": ["Qwen2ForCausalLM" if config.attn_bias else "LlamaForCausalLM"], "model_type": model_type,
+            "vocab_size": config.vocab_size, "hidden_size": config.dim, "intermediate_size": config.hidden_dim,
+            "num_hidden_layers": config.n_layers, "num_attention_heads": config.n_heads,
+            "num_key_value_heads": config.kv_heads, "head_dim": config.head_size, "hidden_act": "silu",
+            "max_position_embeddings": config.max_seq_len, "rms_norm_eps": config.norm_eps,
+            "rope_theta": config.rope_theta, "tie_word_embeddings": config.tie_embeddings,
+            "attention_bias": config.attn_bias, "mlp_bias": config.mlp_bias,
+        }
+    data.update(special)
+    data["torch_dtype"] = dtype_name
+    data["lmforge_config"] = config.to_dict()
+    return data
+
+
+def hf_incompatibilities(config: ModelConfig) -> list[str]:
+    """Options that Hugging Face's own classes would silently ignore (export must refuse them)."""
+    problems = []
+    if config.qk_norm:
+        problems.append("qk_norm")
+    if config.logit_softcap is not None:
+        problems.append("logit_softcap")
+    if config.family == "llama" and config.attn_bias and config.mlp_bias:
+        problems.append("mlp_bias together with attn_bias")
+    return problems
+
+
+def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
+    """Weights under Hugging Face names and layouts, tied copies dropped, contiguous for safetensors."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if model.config.tie_embeddings and key == "lm_head.weight":
+            continue
+        if model.config.family == "gpt2" and key.endswith(GPT2_CONV1D):
+            value = value.t()
+        out[key] = value.detach().contiguous().cpu()
+    return out
+
+
+def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, folder: str | os.PathLike) -> None:
+    """Write config.json, model.safetensors and the tokenizer into `folder` (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    dtype = model.lm_head.weight.dtype
+    (folder / "config.json").write_text(json.dumps(hf_config(model.config, tokenizer, dtype), indent=2) + "\n")
+    save_file(hf_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder)
+        generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": sorted(tokenizer.eos_ids)}
+        (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")

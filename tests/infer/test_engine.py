@@ -1,0 +1,153 @@
+"""The KV-cache engine against naive recomputation, plus sampling, stopping and streaming rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.infer import Engine, SamplingParams
+from lmforge.infer.engine import _stop_prefix_overlap
+
+
+def naive_greedy(model, prompt_ids: list[int], n: int, stop_ids=frozenset()) -> list[int]:
+    """Recompute the whole sequence for every new token: no cache, no batching."""
+    ids = list(prompt_ids)
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(model(torch.tensor([ids]))[0, -1].argmax())
+            if token in stop_ids:
+                break
+            out.append(token)
+            ids.append(token)
+    return out
+
+
+def test_batched_greedy_equals_naive_recomputation(smollm):
+    model, tokenizer = smollm
+    prompts = ["Hi", "The three primary colours are", "def add(a, b):\n    return", "In 1492, Columbus sailed the ocean"]
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    completions = engine.generate(prompts, params)
+    for prompt, completion in zip(prompts, completions):
+        expected = naive_greedy(model, tokenizer.encode(prompt), 24)
+        assert completion.token_ids == expected
+        assert completion.finish_reason == "length"
+        assert completion.text == tokenizer.decode(expected)
+
+
+def test_more_prompts_than_rows_run_in_waves(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    prompts = ["One", "Two words", "Three small words", "Four"]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    waves = engine.generate(prompts, params)
+    singles = [Engine(model, tokenizer, max_batch_size=1).generate([p], params)[0] for p in prompts]
+    assert [c.token_ids for c in waves] == [c.token_ids for c in singles]
+    assert not engine.active
+
+
+def test_chat_answers_capital_of_france(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer)
+    answer = engine.chat([{"role": "user", "content": "What is the capital of France?"}], SamplingParams(max_new_tokens=30))
+    assert "Paris" in answer.text
+    assert answer.finish_reason == "stop"  # ended on <|im_end|>, which is not in the text
+    assert "<|im_end|>" not in answer.text
+
+
+def test_stream_deltas_concatenate_to_the_completion(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(max_new_tokens=40, ignore_eos=True)
+    prompt = "Write the word café, then 日本語, then an emoji:"
+    deltas = list(engine.stream(prompt, params))
+    full = engine.generate([prompt], params)[0]
+    assert "".join(deltas) == full.text
+    assert all("\ufffd" not in d for d in deltas)
+
+
+def test_stop_strings_cut_the_text_and_never_leak(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer)
+    free = engine.generate(["1, 2, 3, 4,"], SamplingParams(max_new_tokens=20, ignore_eos=True))[0].text
+    assert " 7" in free  # the model counts on
+    params = SamplingParams(max_new_tokens=20, ignore_eos=True, stop=(" 7",))
+    stopped = engine.generate(["1, 2, 3, 4,"], params)[0]
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free[: free.index(" 7")]
+    streamed = "".join(engine.stream("1, 2, 3, 4,", params))
+    assert streamed == stopped.text
+
+
+def test_seeded_sampling_is_reproducible_and_varies(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=3)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, top_p=0.95, top_k=50, min_p=0.01, seed=7, ignore_eos=True)
+    a = engine.generate(["Tell me a story:"] * 3, params)
+    b = engine.generate(["Tell me a story:"], params)
+    assert a[0].token_ids == a[1].token_ids == b[0].token_ids  # same seed, same tokens, whatever the batch
+    other = engine.generate(["Tell me a story:"], SamplingParams(**{**params.__dict__, "seed": 8}))
+    assert other[0].token_ids != a[0].token_ids
+
+
+def test_top_k_one_is_greedy_and_penalty_changes_output(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer)
+    greedy = engine.generate(["a a a a a a"], SamplingParams(max_new_tokens=8, ignore_eos=True))[0]
+    top1 = engine.generate(["a a a a a a"], SamplingParams(max_new_tokens=8, temperature=0.8, top_k=1, seed=1, ignore_eos=True))[0]
+    assert top1.token_ids == greedy.token_ids
+    penalised = engine.generate(["a a a a a a"], SamplingParams(max_new_tokens=8, repetition_penalty=2.0, ignore_eos=True))[0]
+    assert penalised.token_ids != greedy.token_ids
+
+
+def test_logprobs_are_reported(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer)
+    c = engine.generate(["The capital of France is"], SamplingParams(max_new_tokens=3, logprobs=2, ignore_eos=True))[0]
+    assert len(c.logprobs) == 3
+    for entry, token in zip(c.logprobs, c.token_ids):
+        assert entry.token_id == token and entry.logprob <= 0
+        assert entry.top[0][0] == token  # greedy picks the most likely
+        assert abs(entry.top[0][1] - entry.logprob) < 1e-6
+
+
+def test_context_overflow_is_a_clear_error(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_seq_len=64)
+    with pytest.raises(ValueError, match="exceeds the context of 64"):
+        engine.generate(["word " * 60], SamplingParams(max_new_tokens=10))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.generate([[1, 2, 10**6]], SamplingParams(max_new_tokens=2))
+    assert not engine.active
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=-1), dict(temperature=float("nan")), dict(temperature=1e6), dict(top_p=0), dict(top_p=1.5),
+    dict(top_k=0), dict(max_new_tokens=0), dict(min_p=2.0), dict(repetition_penalty=0), dict(seed=-3),
+    dict(stop=("",)), dict(logprobs=50), dict(presence_penalty=5),
+])
+def test_absurd_sampling_parameters_are_rejected(bad):
+    with pytest.raises(ValueError, match="invalid sampling parameters"):
+        SamplingParams(**bad)
+
+
+def test_stop_prefix_overlap():
+    assert _stop_prefix_overlap("hello wor", ("world",)) == 3
+    assert _stop_prefix_overlap("hello", ("world",)) == 0
+    assert _stop_prefix_overlap("ab", ("b", "abc")) == 2
+
+
+def test_release_mid_generation_frees_the_row(smollm):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    params = SamplingParams(max_new_tokens=10, ignore_eos=True)
+    a = engine.add("First prompt", params)
+    b = engine.add("Second, longer prompt here", params)
+    engine.step()
+    engine.release(a)  # a client went away
+    assert a.finish_reason == "abort" and engine.active == [b] and b.row == 0
+    while not b.finished:
+        engine.step()
+    expected = naive_greedy(model, b.prompt_ids, 10)
+    assert b.token_ids == expected
