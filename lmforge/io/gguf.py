@@ -60,7 +60,10 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> GG
             raise ValueError(f"bad GGUF file {path.name}: tensor {tensor.name!r} has unsupported type {type_name}")
         values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists the fastest dimension first
-        weight = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32).reshape(shape))
+        values = np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
+        if not values.flags.writeable:  # plain F32 tensors come straight from the read-only memory map
+            values = values.copy()
+        weight = torch.from_numpy(values)
         for name, value in hf_tensors(config, meta["general.architecture"], tensor.name, weight):
             state_dict[name] = value.to(dtype)
     # Files of tied models simply have no output.weight.
