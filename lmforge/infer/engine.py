@@ -191,12 +191,13 @@ class Engine:
             raise RuntimeError("release finished sequences before stepping")
         device = self.model.lm_head.weight.device
         last = torch.tensor([[s.token_ids[-1]] for s in running], device=device)  # [B, 1]
-        starts = [s.length - 1 for s in running]  # slot of each row's newest (not yet cached) token
+        starts = [s.length for s in running]  # slot of each row's newest (not yet cached) token
         logits = self.model(last, cache=self.cache, starts=starts, first_row=0)  # [B, 1, V]
         for seq, row_logits in zip(running, logits[:, -1]):
             self._accept(seq, row_logits)
         return running
 
+    @torch.inference_mode()
     def release(self, seq: Sequence) -> None:
         """Free a sequence's cache row (finished or abandoned); the last row moves into its place."""
         if seq not in self.active:

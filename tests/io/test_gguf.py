@@ -40,16 +40,24 @@ def test_logits_match_transformers(smollm, hf_smollm, prompt):
 
 def test_greedy_64_tokens_identical_to_transformers(smollm, hf_smollm):
     model, tokenizer = smollm
-    engine = Engine(model, tokenizer, max_batch_size=2)
-    prompts = [PROMPTS[0], PROMPTS[2]]
-    params = SamplingParams(max_new_tokens=64, ignore_eos=True)
+    engine = Engine(model, tokenizer, max_batch_size=3)
+    prompts = [PROMPTS[0], PROMPTS[2], PROMPTS[1]]
+    # Both sides stop on token 2 (<|im_end|>, the GGUF's eos), as transformers' generate does.
+    params = SamplingParams(max_new_tokens=64, stop_token_ids=frozenset({2}))
     ours = engine.generate([tokenizer.encode(p) for p in prompts], params)
+    full_length = 0
     for prompt, completion in zip(prompts, ours):
         ids = torch.tensor([tokenizer.encode(prompt)])
         with torch.no_grad():
             out = hf_smollm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=64, do_sample=False,
-                                     min_new_tokens=64, pad_token_id=2)
-        assert completion.token_ids == out[0, ids.shape[1]:].tolist()
+                                     pad_token_id=2)
+        theirs = out[0, ids.shape[1]:].tolist()
+        if completion.finish_reason == "stop":
+            assert theirs[-1] == 2
+            theirs = theirs[:-1]
+        assert completion.token_ids == theirs
+        full_length += len(theirs) == 64
+    assert full_length >= 1  # at least one prompt really runs the whole 64 tokens
 
 
 def test_unpermute_inverts_llama_cpp_permutation():
