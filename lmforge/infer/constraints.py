@@ -38,7 +38,6 @@ import re
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -112,7 +111,10 @@ _MAX_ITEMS = 1_000
 
 
 def _encode(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise SchemaError(f"{value!r} is not valid Unicode text (an unpaired surrogate)") from None
 
 
 def _json_type(value: Any) -> str:

@@ -1,0 +1,117 @@
+"""Live servers on 127.0.0.1 for the serve tests.
+
+`server`: the app in this process (uvicorn in a thread) over the session's already-loaded SmolLM2,
+capacity 4. `keyed_server`: `lmforge serve ... --api-key` as a subprocess, the way a user starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from lmforge.serve import ServeConfig, create_app
+
+MODEL = "smollm2-135m-instruct"
+API_KEY = "test-key-123"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class LiveServer:
+    url: str  # http://127.0.0.1:PORT
+    app: object | None = None  # the FastAPI app, for the in-process server
+    model: str = MODEL
+    api_key: str | None = None
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def health(self) -> dict:
+        return httpx.get(self.url + "/health", timeout=10).json()
+
+    def wait_idle(self, timeout: float = 30) -> dict:
+        """Wait until no sequence is running (requests of earlier tests have let go)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            health = self.health()
+            if health["running"] == 0 or time.monotonic() > deadline:
+                return health
+            time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr.read() if process.stderr else ''}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server at {url} did not come up within {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def server(smollm):
+    import uvicorn
+
+    model, tokenizer = smollm
+    app = create_app(model, tokenizer, ServeConfig(model_id=MODEL, max_concurrency=4))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    uv = uvicorn.Server(config)
+    thread = threading.Thread(target=uv.run, name="test-uvicorn", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(url, 60)
+    yield LiveServer(url, app)
+    uv.should_exit = True
+    thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def keyed_server():
+    port = free_port()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("LMFORGE_API_KEY", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lmforge.cli.main", "serve", "--model", MODEL, "--port", str(port),
+         "--api-key", API_KEY, "--max-concurrency", "2", "--threads", "1", "--log-level", "warning"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, 180, process)
+        yield LiveServer(url, api_key=API_KEY)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=server.v1, api_key="unused", max_retries=0, timeout=120)
