@@ -1,0 +1,128 @@
+"""Config parsing, schedules, losses, optimizers and token-weighted accumulation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lmforge.cli.pretrain import apply_overrides, load_config
+from lmforge.core.config import ModelConfig
+from lmforge.model.transformer import Transformer, init_weights
+from lmforge.train.config import PretrainConfig, ScheduleConfig
+from lmforge.train.distributed import DistInfo
+from lmforge.train.helpers import accumulate_gradients, clip_gradients
+from lmforge.train.losses import bits_per_byte, token_cross_entropy
+from lmforge.train.optim import build_optimizer, split_parameters
+from lmforge.train.schedule import lr_multiplier
+from lmforge.train.config import OptimConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SINGLE = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+
+
+def test_config_from_nested_dict_with_overrides_and_type_errors():
+    data = {"data": "d", "model": {"dim": 64, "n_layers": 2, "n_heads": 4}, "max_steps": 10, "optim": {"lr": "1e-3"}}
+    config = PretrainConfig.from_dict(apply_overrides(data, ["optim.name=muon", "model.qk_norm=true", "sample_prompts=[a, b]"]))
+    assert config.model == ModelConfig(dim=64, n_layers=2, n_heads=4, qk_norm=True)
+    assert config.optim.name == "muon" and config.optim.lr == 1e-3 and config.sample_prompts == ("a", "b")
+    with pytest.raises(ValueError, match="unknown config key.*optim.learning_rate"):
+        PretrainConfig.from_dict({"data": "d", "max_steps": 1, "optim": {"learning_rate": 1}})
+    with pytest.raises(ValueError, match="batch_size: expected an integer"):
+        PretrainConfig.from_dict({"data": "d", "max_steps": 1, "batch_size": "big"})
+    with pytest.raises(ValueError, match="optim.name: must be one of"):
+        PretrainConfig.from_dict({"data": "d", "max_steps": 1, "optim": {"name": "sgd"}})
+    with pytest.raises(ValueError, match="at least one of max_steps"):
+        PretrainConfig.from_dict({"data": "d"})
+    with pytest.raises(ValueError, match="not KEY=VALUE"):
+        apply_overrides({}, ["oops"])
+
+
+@pytest.mark.parametrize("name", ["speedrun-shakespeare-char.yaml", "tiny-stdlib.yaml"])
+def test_shipped_pretrain_recipes_load(name):
+    config = load_config(ROOT / "configs" / name)
+    assert isinstance(config, PretrainConfig) and config.time_budget_s is not None
+
+
+def test_schedules():
+    cosine = ScheduleConfig(name="cosine", warmup_steps=10, min_lr_frac=0.1)
+    assert lr_multiplier(cosine, 0, 0.0) == pytest.approx(0.1)  # warmup
+    assert lr_multiplier(cosine, 9, 0.0) == pytest.approx(1.0)
+    assert lr_multiplier(cosine, 500, 0.5) == pytest.approx(0.55)
+    assert lr_multiplier(cosine, 999, 1.0) == pytest.approx(0.1)
+    wsd = ScheduleConfig(name="wsd", warmup_steps=0, min_lr_frac=0.0, decay_frac=0.2)
+    assert [lr_multiplier(wsd, 100, p) for p in (0.5, 0.8, 0.9, 1.0)] == pytest.approx([1.0, 1.0, 0.5, 0.0])
+    linear = ScheduleConfig(name="linear", warmup_steps=0, min_lr_frac=0.0)
+    assert lr_multiplier(linear, 3, 0.25) == pytest.approx(0.75)
+
+
+def test_losses_are_token_sums():
+    logits = torch.randn(2, 5, 11)
+    targets = torch.randint(0, 11, (2, 5))
+    targets[0, :2] = -100
+    total, count = token_cross_entropy(logits, targets)
+    assert int(count) == 8
+    assert float(total) == pytest.approx(float(F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=-100)) * 8, rel=1e-5)
+    assert bits_per_byte(math.log(2) * 100, 50) == pytest.approx(2.0)
+
+
+def _model(**kw) -> Transformer:
+    model = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, max_seq_len=16, **kw))
+    init_weights(model, seed=0)
+    return model
+
+
+def test_parameter_roles_and_muon_optimizer():
+    model = _model(tie_embeddings=False)
+    roles = {role: [n for n, _ in items] for role, items in split_parameters(model).items()}
+    assert roles["embedding"] == ["model.embed_tokens.weight"] and roles["head"] == ["lm_head.weight"]
+    assert all(n.endswith("_proj.weight") for n in roles["matrix"]) and all("norm" in n for n in roles["vector"])
+    optimizer = build_optimizer(model, OptimConfig(name="muon", lr=1e-3, muon_lr=0.02))
+    assert isinstance(optimizer.optimizers[0], torch.optim.Muon)
+    optimizer.set_lr_multiplier(0.5)
+    assert optimizer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01)
+    x = torch.randint(0, 50, (2, 16))
+    before = model.model.layers[0].mlp.up_proj.weight.clone()
+    token_cross_entropy(model(x), x)[0].backward()
+    optimizer.step()
+    assert not model.model.layers[0].mlp.up_proj.weight.equal(before)
+    state = optimizer.state_dict()
+    again = build_optimizer(model, OptimConfig(name="muon"))
+    again.load_state_dict(state)
+    assert again.optimizers[0].state_dict()["state"].keys() == optimizer.optimizers[0].state_dict()["state"].keys()
+
+
+def test_accumulation_weights_every_token_equally():
+    """Two micro-batches with different numbers of masked targets give the full batch's gradient."""
+    x = torch.randint(0, 50, (4, 16))
+    y = torch.randint(0, 50, (4, 16))
+    y[0, :12] = -100  # micro-batch 1 has far fewer targets than micro-batch 2
+    y[1, :3] = -100
+    reference = _model()
+    total, count = token_cross_entropy(reference(x), y)
+    (total / count).backward()
+    model = _model()
+    loss, tokens = accumulate_gradients(model, [(x[:2], y[:2]), (x[2:], y[2:])], SINGLE)
+    assert tokens == int(count) and loss == pytest.approx(float(total.detach() / count), rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    norm = clip_gradients(model, 1e-3)
+    assert norm > 1e-3
+    assert clip_gradients(model, 0.0) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_train_clock_excludes_and_freezes_during_pauses():
+    import time
+
+    from lmforge.train.helpers import TrainClock
+
+    clock = TrainClock(already=10.0)
+    time.sleep(0.05)
+    with clock.paused():
+        frozen = clock.seconds
+        time.sleep(0.2)
+        assert clock.seconds == frozen
+    assert 10.04 < clock.seconds < 10.2
