@@ -1,0 +1,130 @@
+"""`lmforge finetune`: supervised fine-tuning (full or LoRA) on chat JSONL or a generated task.
+
+    lmforge finetune --task add --method lora --max-steps 150            # default data, no downloads
+    lmforge finetune --model MODEL --data chats.jsonl --method full --epochs 2
+    lmforge finetune --config configs/finetune-lora-add.yaml lora.rank=16 --resume
+
+Flags override the YAML recipe (`--config`), and `KEY=VALUE` overrides (dotted keys, as in
+`lmforge pretrain`) override both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("finetune", help="fine-tune a model on chat data (full or LoRA)")
+    parser.add_argument("--config", help="YAML recipe (see configs/finetune-*.yaml)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. lora.rank=16")
+    parser.add_argument("--model", help="known name, GGUF file or model folder (default smollm2-135m-instruct)")
+    parser.add_argument("--data", help="chat JSONL ({'messages': [...]} per line); default: a generated --task")
+    parser.add_argument("--val-data", help="held-out chat JSONL for the validation loss")
+    parser.add_argument("--task", help="generated task when --data is absent: add, multiply, count, reverse, convert")
+    parser.add_argument("--train-items", type=int, help="generated training conversations (default 2000)")
+    parser.add_argument("--eval-items", type=int, help="held-out task items scored by exact match (default 200)")
+    parser.add_argument("--method", choices=("full", "lora"), help="default lora")
+    parser.add_argument("--rank", type=int, help="LoRA rank (default 8)")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
+    parser.add_argument("--dropout", type=float, help="LoRA dropout (default 0.05)")
+    parser.add_argument("--targets", nargs="+", help="LoRA target layers: all-linear (default) or names like q_proj v_proj")
+    parser.add_argument("--merge", action="store_true", default=None, help="also save the model with the adapter merged in")
+    parser.add_argument("--out", help="run folder (default runs/finetune)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default 2e-4 for lora, 2e-5 for full)")
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--time-budget", type=float, help="seconds of training")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--grad-accum", type=int)
+    parser.add_argument("--seq-len", type=int)
+    parser.add_argument("--no-pack", action="store_true", help="one conversation per row")
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--save-every", type=int)
+    parser.add_argument("--device", help="cpu, cuda or auto")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"))
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.set_defaults(func=run)
+
+
+# flag -> dotted config key
+_FLAGS = {
+    "model": "model", "data": "data", "val_data": "val_data", "task": "task", "train_items": "train_items",
+    "eval_items": "eval_items", "method": "method", "rank": "lora.rank", "alpha": "lora.alpha", "dropout": "lora.dropout",
+    "targets": "lora.targets", "merge": "merge", "out": "out_dir", "lr": "optim.lr", "epochs": "epochs",
+    "max_steps": "max_steps", "time_budget": "time_budget_s", "batch_size": "batch_size", "grad_accum": "grad_accum",
+    "seq_len": "seq_len", "eval_every": "eval_every", "save_every": "save_every", "device": "device", "dtype": "dtype",
+    "threads": "threads", "seed": "seed",
+}
+
+
+def _set(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    *parents, last = key.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"{key}: {part!r} is not a section")
+        node = child
+    node[last] = value
+
+
+def build_config(args: argparse.Namespace):
+    from lmforge.cli.pretrain import apply_overrides
+    from lmforge.train.finetune import DEFAULT_LR, FinetuneConfig
+
+    data: dict[str, Any] = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: invalid YAML ({error})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level")
+    for flag, key in _FLAGS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            _set(data, key, value)
+    if args.no_pack:
+        data["pack"] = False
+    data = apply_overrides(data, list(args.overrides))
+    if "epochs" not in data and (data.get("max_steps") is not None or data.get("time_budget_s") is not None):
+        data["epochs"] = None  # a step or time budget alone decides the length, not the 1-epoch default
+    method = data.get("method", "lora")
+    optim = data.setdefault("optim", {})
+    if isinstance(optim, dict):
+        optim.setdefault("lr", DEFAULT_LR.get(method, DEFAULT_LR["lora"]))
+        optim.setdefault("weight_decay", 0.0)
+    return FinetuneConfig.from_dict(data)
+
+
+def run(args: argparse.Namespace) -> int:
+    from lmforge.io.checkpoint import CheckpointError
+    from lmforge.train.finetune import finetune
+    from lmforge.train.helpers import NonFiniteLossError
+
+    config = build_config(args)
+    try:
+        result = finetune(config, resume=args.resume, show_progress=not args.quiet)
+    except (NonFiniteLossError, CheckpointError) as error:
+        print(f"lmforge: error: {error}", file=sys.stderr)
+        return 1
+    if not args.quiet and not result.stopped_by:
+        if result.accuracy_after is not None:
+            before = "n/a" if result.accuracy_before is None else f"{result.accuracy_before[0]:.1%}"
+            print(f"held-out exact match: {before} -> {result.accuracy_after[0]:.1%} "
+                  f"({result.steps} steps, {result.train_seconds:.0f}s of training)")
+        print(f"run folder: {result.out_dir}  (checkpoint {result.checkpoint})")
+        if result.adapter:
+            print(f"try: lmforge export --model {config.model} --adapter {result.adapter} --to gguf --out model.gguf")
+    return 0

@@ -1,0 +1,215 @@
+"""Fine-tuning end to end on a small model: full and LoRA runs, resume, adapters, merge, export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from lmforge.cli.main import main
+from lmforge.core.config import ModelConfig
+from lmforge.data.chat import write_chat_jsonl
+from lmforge.data.tasks import make_items
+from lmforge.io.gguf import load_gguf_model
+from lmforge.io.hf import load_pretrained, save_pretrained
+from lmforge.io.peft import load_adapter, read_adapter_config
+from lmforge.model.transformer import Transformer, init_weights
+from lmforge.tokenizer.train import train_bpe
+from lmforge.train.finetune import FinetuneConfig, finetune
+
+ROOT = Path(__file__).resolve().parents[2]
+IDS = torch.tensor([[1, 320, 28, 9, 400, 2, 30, 77, 123, 5]])
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """A small random Llama with a small ChatML byte-level BPE tokenizer, saved as a model folder."""
+    docs = [f"{i.question} {i.answer}" for task in ("reverse", "add") for i in make_items(task, 200)]
+    tokenizer = train_bpe(docs + ["Be brief. Say sun. Again? moon star comet"] * 10, vocab_size=512)
+    config = ModelConfig(family="llama", vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         ffn_dim=64, max_seq_len=256, tie_embeddings=True)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    folder = tmp_path_factory.mktemp("small") / "base"
+    save_pretrained(model, tokenizer, folder)
+    return folder
+
+
+def config_for(folder, out, **changes) -> FinetuneConfig:
+    base = dict(model=str(folder), task="reverse", train_items=64, eval_items=0, val_max=16, out_dir=str(out),
+                seq_len=128, batch_size=8, epochs=None, max_steps=6, threads=1, log_every=1, eval_every=3,
+                eval_before=False, plot=False)
+    base.update(changes)
+    return FinetuneConfig.from_dict(base)
+
+
+def logits_of(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(IDS)
+
+
+def test_full_finetune_of_a_small_model(tmp_path, small_model):
+    config = config_for(small_model, tmp_path / "full", method="full", max_steps=10, eval_items=6, eval_before=True,
+                        optim={"lr": 3e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 2}, plot=True)
+    result = finetune(config, show_progress=False)
+    assert result.steps == 10 and result.stopped_by is None and result.adapter is None
+    assert result.trainable_parameters == result.total_parameters
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    val = [r["val_loss"] for r in records if "val_loss" in r]
+    assert len(losses) == 10 and losses[-1] < losses[0] - 0.5  # it learns (the answers' tokens at least)
+    assert len(val) >= 3 and val[-1] < val[0]
+    assert {"exact_match_before", "exact_match_after"} <= set().union(*records)
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["steps"] == 10 and summary["scored_items"] == 6 and summary["exact_match_after"] is not None
+    assert (tmp_path / "full" / "loss.png").stat().st_size > 0
+    # The checkpoint is a complete model folder whose weights moved away from the base.
+    trained, tokenizer = load_pretrained(result.checkpoint)
+    base, _ = load_pretrained(small_model)
+    assert tokenizer is not None and tokenizer.chat_template
+    assert (logits_of(trained) - logits_of(base)).abs().max() > 1e-3
+
+    # Interrupted after its step-5 checkpoint and resumed, a full fine-tune ends where the straight run did.
+    again = config.replace(out_dir=str(tmp_path / "again"), save_every=5, eval_items=0, plot=False)
+    finetune(again, show_progress=False)
+    shutil.rmtree(tmp_path / "again" / "step_00000010")
+    resumed = finetune(again, resume=True, show_progress=False)
+    torch.testing.assert_close(logits_of(load_pretrained(resumed.checkpoint)[0]), logits_of(trained), atol=1e-5, rtol=0)
+
+
+def test_lora_run_resumes_exactly_and_writes_adapter_and_merged_model(tmp_path, small_model):
+    changes = dict(method="lora", lora={"rank": 4, "alpha": 8.0, "dropout": 0.0, "targets": ["q_proj", "v_proj", "up_proj"]},
+                   optim={"lr": 1e-2, "weight_decay": 0.0}, schedule={"warmup_steps": 2}, save_every=3, merge=True)
+    straight = finetune(config_for(small_model, tmp_path / "a", **changes), show_progress=False)
+    assert straight.trainable_parameters < straight.total_parameters / 20
+
+    # The same run, "killed" after its step-3 checkpoint, then resumed.
+    finetune(config_for(small_model, tmp_path / "b", **changes), show_progress=False)
+    shutil.rmtree(tmp_path / "b" / "step_00000006")
+    resumed = finetune(config_for(small_model, tmp_path / "b", **changes), resume=True, show_progress=False)
+    assert resumed.steps == 6
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4, 5, 6]  # no step logged twice
+
+    base_a, _ = load_pretrained(small_model)
+    base_b, _ = load_pretrained(small_model)
+    load_adapter(base_a, straight.adapter)
+    load_adapter(base_b, resumed.adapter)
+    torch.testing.assert_close(logits_of(base_b), logits_of(base_a), atol=1e-5, rtol=0)
+    base, _ = load_pretrained(small_model)
+    assert (logits_of(base_a) - logits_of(base)).abs().max() > 1e-3  # training changed something
+
+    # PEFT layout, and the merged model (and each checkpoint) equals base + adapter.
+    config = read_adapter_config(straight.adapter)
+    assert config["target_modules"] == ["q_proj", "up_proj", "v_proj"] and config["r"] == 4
+    assert config["base_model_name_or_path"] == str(small_model)
+    merged, _ = load_pretrained(straight.merged)
+    torch.testing.assert_close(logits_of(merged), logits_of(base_a), atol=1e-4, rtol=0)
+    checkpoint, _ = load_pretrained(straight.checkpoint)
+    torch.testing.assert_close(logits_of(checkpoint), logits_of(base_a), atol=1e-4, rtol=0)
+
+
+def test_cli_trains_on_chat_jsonl_and_names_a_bad_line(tmp_path, small_model, capsys):
+    conversations = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say {w}."},
+                      {"role": "assistant", "content": w}, {"role": "user", "content": "Again?"},
+                      {"role": "assistant", "content": f"{w} {w}"}] for w in ("sun", "moon", "star", "comet") * 4]
+    data = write_chat_jsonl(conversations, tmp_path / "chats.jsonl")
+    code = main(["finetune", "--model", str(small_model), "--data", str(data), "--method", "lora", "--targets", "q_proj",
+                 "v_proj", "--rank", "2", "--max-steps", "2", "--batch-size", "2", "--seq-len", "64", "--threads", "1",
+                 "--out", str(tmp_path / "run"), "--quiet", "plot=false"])
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["exact_match_after"] is None and summary["data"] == str(data)
+    assert read_adapter_config(tmp_path / "run" / "adapter")["target_modules"] == ["q_proj", "v_proj"]
+    run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
+    assert run_config["epochs"] is None and run_config["optim"]["lr"] == 2e-4 and run_config["pack"] is True
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(data.read_text().splitlines()[0] + "\n" + '{"messages": [{"role": "user", "content": "hi"}]}\n')
+    capsys.readouterr()
+    code = main(["finetune", "--model", str(small_model), "--data", str(bad), "--max-steps", "1", "--out",
+                 str(tmp_path / "bad-run"), "--quiet"])
+    assert code == 2
+    assert f"{bad}:2: no assistant message" in capsys.readouterr().err
+
+
+def test_export_cli_writes_hf_folder_and_gguf_with_the_adapter_merged(tmp_path, small_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result = finetune(config_for(small_model, tmp_path / "run", method="lora", max_steps=3, eval_every=0,
+                                 optim={"lr": 1e-2, "weight_decay": 0.0},
+                                 lora={"rank": 4, "alpha": 8.0, "dropout": 0.0}), show_progress=False)
+    expected, tokenizer = load_pretrained(small_model)
+    load_adapter(expected, result.adapter)
+    want = logits_of(expected)
+
+    assert main(["export", "--model", str(small_model), "--adapter", str(result.adapter), "--to", "hf",
+                 "--out", str(tmp_path / "hf")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+        hf_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        torch.testing.assert_close(hf(IDS).logits, want, atol=1e-4, rtol=0)
+    messages = [{"role": "user", "content": "Reverse the word \"sun\"."}]
+    rendered = hf_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered.endswith("<|im_start|>assistant\n") and (tmp_path / "hf" / "chat_template.jinja").is_file()
+
+    assert main(["export", "--model", str(small_model), "--adapter", str(result.adapter), "--to", "gguf",
+                 "--type", "f16", "--out", str(tmp_path / "model.gguf")]) == 0
+    loaded, loaded_tokenizer = load_gguf_model(tmp_path / "model.gguf")
+    torch.testing.assert_close(logits_of(loaded), want, atol=1e-2, rtol=0)  # f16 weights
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs").glob("finetune-*.yaml")))
+def test_finetune_recipes_parse(recipe):
+    from lmforge.cli.finetune import build_config
+    from lmforge.cli.main import build_parser
+
+    args = build_parser().parse_args(["finetune", "--config", str(ROOT / "configs" / recipe), "--max-steps", "3"])
+    config = build_config(args)
+    assert config.max_steps == 3 and config.method in ("full", "lora")
+
+
+@pytest.mark.slow
+def test_smollm_with_adapter_exports_to_an_hf_folder_transformers_loads(tmp_path, smollm):
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.io.peft import save_adapter
+    from lmforge.model.lora import apply_lora, lora_modules
+
+    model, tokenizer = smollm
+    adapted = Transformer.from_state_dict(model.config, model.state_dict())
+    apply_lora(adapted, "all-linear", rank=8, alpha=16.0)
+    with torch.no_grad():
+        for module in lora_modules(adapted).values():
+            module.lora_B.weight.normal_(std=0.02)
+    save_adapter(adapted, tmp_path / "adapter")
+    ids = torch.tensor([tokenizer.encode("The capital of France is Paris. 12 + 30 = 42, said the assistant.")])
+    with torch.no_grad():
+        want = adapted.eval()(ids)
+    assert main(["export", "--model", "smollm2-135m-instruct", "--adapter", str(tmp_path / "adapter"), "--to", "hf",
+                 "--out", str(tmp_path / "hf")]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, want, atol=1e-3, rtol=0)
+
+
+@pytest.mark.slow
+def test_lora_sft_raises_held_out_exact_match_on_smollm(tmp_path):
+    """A short version of the acceptance experiment (the full one is in the closing note)."""
+    config = FinetuneConfig.from_dict(dict(
+        model="smollm2-135m-instruct", task="convert", train_items=2000, eval_items=60, val_max=16,
+        out_dir=str(tmp_path / "run"), method="lora", lora={"rank": 16, "alpha": 32.0, "dropout": 0.0},
+        optim={"lr": 1e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 5}, batch_size=16, pack=False,
+        epochs=None, max_steps=60, dtype="bfloat16", eval_every=0, plot=False))
+    result = finetune(config, show_progress=False)
+    before, after = result.accuracy_before[0], result.accuracy_after[0]
+    assert after >= before + 0.3, (before, after)
