@@ -104,7 +104,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--dtypes", default="float32,bfloat16")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="PyTorch CPU threads for every peer (1 is steadier when other jobs share the cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     path = named_model_path("smollm2-135m-instruct")
     bandwidth = memory_bandwidth_gbs()
