@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     from lmforge.core.device import parse_dtype
     from lmforge.io.hf import hf_incompatibilities, save_pretrained
-    from lmforge.io.peft import load_adapter, write_folder_atomically
+    from lmforge.core.files import write_folder_atomically
+    from lmforge.io.peft import load_adapter
     from lmforge.io.registry import load_model
     from lmforge.model.lora import merge_lora
 

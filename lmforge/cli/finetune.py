@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
-import yaml
+from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,36 +64,14 @@ _FLAGS = {
 }
 
 
-def _set(data: dict[str, Any], key: str, value: Any) -> None:
-    node = data
-    *parents, last = key.split(".")
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ValueError(f"{key}: {part!r} is not a section")
-        node = child
-    node[last] = value
-
-
 def build_config(args: argparse.Namespace):
-    from lmforge.cli.pretrain import apply_overrides
     from lmforge.train.finetune import DEFAULT_LR, FinetuneConfig
 
-    data: dict[str, Any] = {}
-    if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ValueError(f"{path}: invalid YAML ({error})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
     for flag, key in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
-            _set(data, key, value)
+            set_key(data, key, value)
     if args.no_pack:
         data["pack"] = False
     data = apply_overrides(data, list(args.overrides))

@@ -10,10 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-import yaml
-
+from lmforge.cli.recipes import apply_overrides, read_recipe
 from lmforge.io.checkpoint import CheckpointError
 from lmforge.train.config import PretrainConfig
 
@@ -27,34 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys (`a.b=c`) in a nested dict; values parsed as YAML scalars or lists."""
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} is not KEY=VALUE")
-        node = data
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: {part!r} is not a section")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else ""
-    return data
-
-
 def load_config(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: invalid YAML ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
-    return PretrainConfig.from_dict(apply_overrides(data, list(overrides)))
+    return PretrainConfig.from_dict(apply_overrides(read_recipe(path), list(overrides)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,9 +8,9 @@ what is wrong. Turning messages into ids is the tokenizer layer's job (`render_c
 single owner of the chat format); this module only reads, checks, packs and batches.
 
 Packing: short conversations are combined into rows of at most `seq_len + 1` tokens by
-first-fit-decreasing, so little compute goes to padding. Tokens of one conversation can attend
-to the earlier conversations of its row (the model's forward takes no block-diagonal mask), but
-only assistant tokens carry loss, and every conversation keeps its template's own start markers.
+first-fit-decreasing, so little compute goes to padding. `collate` numbers the conversations of a
+row so that the model attends within each one only (a block-diagonal causal mask, positions
+restarting per conversation); only assistant tokens carry loss.
 `ChatBatches` serves the rows in a seeded order per epoch and resumes from three integers.
 """
 
@@ -26,11 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from lmforge.data.readers import parse_json_object
+from lmforge.core.files import write_text_atomically
 IGNORE_INDEX = -100  # target value that carries no loss (torch's cross_entropy default)
 CHAT_ROLES = ("system", "user", "assistant")
 MAX_LINE_BYTES = 16 << 20
 
-__all__ = ["CHAT_ROLES", "ChatBatches", "ChatExample", "IGNORE_INDEX", "PackedRow", "collate",
+__all__ = ["CHAT_ROLES", "ChatBatches", "ChatExample", "IGNORE_INDEX", "PackedRow", "check_messages", "collate",
            "pack_examples", "parse_chat_line", "read_chat_jsonl", "write_chat_jsonl"]
 
 
@@ -47,24 +49,36 @@ class ChatExample:
         return f"{self.source}:{self.line}"
 
 
-def _check_messages(messages: Any, where: str) -> tuple[dict[str, str], ...]:
-    if not isinstance(messages, list):
-        raise ValueError(f"{where}: 'messages' must be a list, got {type(messages).__name__}")
-    if not messages:
-        raise ValueError(f"{where}: 'messages' is empty")
+def check_messages(messages: Any, roles: Iterable[str] = CHAT_ROLES, where: str = "") -> list[dict[str, Any]]:
+    """The structure every conversation needs: a list of dicts, each with a `role` from `roles`
+    and string `content`. Returns shallow copies (extra keys such as tool_calls pass through);
+    errors start with `where` (file:line) when given."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(f"{prefix}'messages' must be a list, got {type(messages).__name__}")
+    roles = tuple(roles)
     out = []
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ValueError(f"{where}: messages[{index}] must be an object, got {type(message).__name__}")
+            raise ValueError(f"{prefix}messages[{index}] must be an object, got {type(message).__name__}")
         role = message.get("role")
-        if role not in CHAT_ROLES:
-            raise ValueError(f"{where}: messages[{index}] has role {role!r}; expected one of {', '.join(CHAT_ROLES)}")
+        if role not in roles:
+            raise ValueError(f"{prefix}messages[{index}] has role {role!r}; expected one of {', '.join(roles)}")
         content = message.get("content")
         if not isinstance(content, str):
-            raise ValueError(f"{where}: messages[{index}] ({role}) has no string 'content' (got {type(content).__name__})")
-        if role == "system" and index != 0:
+            raise ValueError(f"{prefix}messages[{index}] ({role}) has no string 'content' (got {type(content).__name__})")
+        out.append(dict(message))
+    return out
+
+
+def _check_training_messages(messages: Any, where: str) -> tuple[dict[str, str], ...]:
+    """A conversation fit for SFT: system only first, at least one assistant turn to learn from."""
+    out = [{"role": m["role"], "content": m["content"]} for m in check_messages(messages, CHAT_ROLES, where)]
+    if not out:
+        raise ValueError(f"{where}: 'messages' is empty")
+    for index, message in enumerate(out):
+        if message["role"] == "system" and index != 0:
             raise ValueError(f"{where}: messages[{index}] is a system message; only the first message may be one")
-        out.append({"role": role, "content": content})
     if not any(m["role"] == "assistant" for m in out):
         raise ValueError(f"{where}: no assistant message, so nothing to learn from this conversation")
     return tuple(out)
@@ -73,15 +87,10 @@ def _check_messages(messages: Any, where: str) -> tuple[dict[str, str], ...]:
 def parse_chat_line(text: str, line: int = 0, source: str = "<memory>") -> ChatExample:
     """Validate one JSONL line into a ChatExample (errors name `source:line`)."""
     where = f"{source}:{line}"
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with a 'messages' list, got {type(record).__name__}")
+    record = parse_json_object(text, where, "a JSON object with a 'messages' list")
     if "messages" not in record:
         raise ValueError(f"{where}: missing 'messages' (keys: {', '.join(sorted(record)) or 'none'})")
-    return ChatExample(_check_messages(record["messages"], where), source, line)
+    return ChatExample(_check_training_messages(record["messages"], where), source, line)
 
 
 def read_chat_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[ChatExample]:
@@ -110,15 +119,11 @@ def read_chat_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[C
 
 def write_chat_jsonl(conversations: Iterable[Sequence[dict[str, str]] | dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write conversations (message lists, or records with 'messages') as JSONL, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        for item in conversations:
-            record = item if isinstance(item, dict) else {"messages": list(item)}
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = []
+    for item in conversations:
+        record = item if isinstance(item, dict) else {"messages": list(item)}
+        lines.append(json.dumps(record, ensure_ascii=False) + "\n")
+    return write_text_atomically(path, "".join(lines))
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,23 +184,25 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], seq_l
 
 
 def collate(rows: Sequence[PackedRow], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(inputs [B, T], targets [B, T], padding_mask [B, T]) for next-token training.
+    """(inputs [B, T], targets [B, T], segments [B, T]) for next-token training.
 
     Row r gives inputs ids[:-1] and targets ids[1:], with IGNORE_INDEX wherever the target token
-    is not an assistant token, and right padding up to the longest row (mask False there).
+    is not an assistant token, and right padding up to the longest row. `segments` numbers the
+    conversations of each row from 1 (0 = padding): passed to the model as `segment_ids`, it keeps
+    each conversation's attention to itself, so packing changes nothing but speed.
     """
     width = max(len(row.ids) for row in rows) - 1
     inputs = torch.full((len(rows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    padding = torch.zeros((len(rows), width), dtype=torch.bool)
+    segments = torch.zeros((len(rows), width), dtype=torch.long)
     for r, row in enumerate(rows):
         ids = torch.tensor(row.ids, dtype=torch.long)
         keep = torch.tensor(row.mask[1:], dtype=torch.bool)
         n = len(row.ids) - 1
         inputs[r, :n] = ids[:-1]
         targets[r, :n] = torch.where(keep, ids[1:], torch.full_like(ids[1:], IGNORE_INDEX))
-        padding[r, :n] = True
-    return inputs, targets, padding
+        segments[r, :n] = torch.repeat_interleave(torch.arange(1, len(row.lengths) + 1), torch.tensor(row.lengths))[:n]
+    return inputs, targets, segments
 
 
 class ChatBatches:

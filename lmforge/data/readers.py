@@ -67,6 +67,17 @@ def read_txt(path: Path) -> Iterator[str]:
     yield from (part for part in text.split("\f")) if "\f" in text else (text,)
 
 
+def parse_json_object(text: str, where: str, expected: str = "a JSON object") -> dict:
+    """One JSONL line as a dict; a ValueError naming `where` (file:line) otherwise."""
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{where}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected {expected}, got {type(record).__name__}")
+    return record
+
+
 def read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):

@@ -10,7 +10,7 @@ streaming iterator, and the HTTP server's continuous batching.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence as Seq
+from collections.abc import Callable, Iterator, Sequence as Seq
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -263,8 +263,12 @@ class Engine:
 
     # -- conveniences built on add/step/release ----------------------------------------------------
     def generate(self, prompts: Seq[str | Seq[int]], params: SamplingParams,
-                 constraints: Seq[Constraint | None] | None = None) -> list[Completion]:
-        """Complete every prompt; batches of up to max_batch_size run together."""
+                 constraints: Seq[Constraint | None] | None = None,
+                 on_finish: Callable[[int], None] | None = None) -> list[Completion]:
+        """Complete every prompt; batches of up to max_batch_size run together.
+
+        `on_finish(n)` is called as sequences finish (a progress bar's advance).
+        """
         if self.active:
             raise RuntimeError("generate() needs an idle engine")
         for prompt in prompts:  # fail before any work when a prompt is too long
@@ -282,6 +286,8 @@ class Engine:
                 for seq in [s for s in self.active if s.finished]:
                     results[owner[id(seq)]] = seq.completion()
                     self.release(seq)
+                    if on_finish is not None:
+                        on_finish(1)
                 if self.active:
                     self.step()
         finally:

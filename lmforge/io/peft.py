@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from lmforge.model.lora import LoRALinear, apply_lora, lora_modules, resolve_targets
+from lmforge.core.files import write_folder_atomically
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -31,7 +30,7 @@ PREFIX = "base_model.model."
 MAX_CONFIG_BYTES = 1 << 20
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "adapter_config", "is_adapter_folder", "load_adapter",
-           "read_adapter_config", "save_adapter", "write_adapter", "write_folder_atomically"]
+           "read_adapter_config", "save_adapter", "write_adapter"]
 
 
 def is_adapter_folder(path: str | os.PathLike) -> bool:
@@ -93,31 +92,6 @@ def write_adapter(model: nn.Module, folder: str | os.PathLike, base_model_name_o
         tensors[f"{PREFIX}{name}.lora_B.weight"] = module.lora_B.weight.detach().contiguous().cpu()
     (folder / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-
-
-def write_folder_atomically(folder: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a fresh hidden folder beside `folder`, then rename it into place.
-
-    An existing `folder` is replaced only once the new one is complete; on any error the
-    temporary folder is removed and `folder` is left as it was.
-    """
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write(tmp)
-        if folder.exists():
-            aside = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, aside)
-            os.replace(tmp, folder)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
 
 
 def save_adapter(model: nn.Module, folder: str | os.PathLike, base_model_name_or_path: str | None = None) -> Path:

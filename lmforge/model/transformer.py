@@ -324,8 +324,12 @@ class Transformer(nn.Module):
         starts: list[int] | None = None,  # with a cache: per row, slots already filled (default 0)
         first_row: int = 0,  # with a cache: the cache row that batch row 0 uses
         padding_mask: torch.Tensor | None = None,  # without a cache: [B, T] bool, False = right padding
+        segment_ids: torch.Tensor | None = None,  # without a cache: [B, T] int, documents packed in a row
         last_only: bool = False,  # compute logits only for the final position (prefill)
     ) -> torch.Tensor:  # [B, T, V] (or [B, 1, V] with last_only)
+        """Logits of every position. `segment_ids` marks the documents packed into each row (equal ids
+        next to each other): a token attends only within its document, and positions restart at each
+        document, so a packed row computes what its documents would compute alone."""
         B, T = ids.shape
         starts = list(starts) if starts is not None else [0] * B
         if len(starts) != B:
@@ -339,7 +343,18 @@ class Transformer(nn.Module):
         steps = torch.arange(T, device=ids.device)
         positions = (torch.tensor(starts, device=ids.device)[:, None] + steps) if not uniform else (steps + starts[0]).expand(B, T)
         mask = None
-        if padding_mask is not None:
+        if segment_ids is not None:
+            if cache is not None or padding_mask is not None:
+                raise ValueError("segment_ids is for cache-free calls and replaces padding_mask (give padding its own segment)")
+            if segment_ids.shape != ids.shape:
+                raise ValueError(f"segment_ids has shape {tuple(segment_ids.shape)}; ids have {tuple(ids.shape)}")
+            same_document = segment_ids[:, :, None] == segment_ids[:, None, :]  # [B, T, T]
+            mask = (causal_mask(0, T, ids.device) & same_document)[:, None]  # [B, 1, T, T]
+            starts_here = torch.ones_like(segment_ids, dtype=torch.bool)
+            starts_here[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+            index = steps.expand(B, T)
+            positions = index - torch.where(starts_here, index, 0).cummax(dim=1).values  # [B, T] from 0 per document
+        elif padding_mask is not None:
             if cache is not None:
                 raise ValueError("padding_mask is for cache-free calls; cached rows carry their own lengths")
             mask = causal_mask(0, T, ids.device) & padding_mask[:, None, None, :].bool()  # [B, 1, T, T]

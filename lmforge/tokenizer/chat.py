@@ -25,6 +25,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from lmforge.data.chat import check_messages
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 __all__ = [
@@ -133,20 +134,7 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
     Each message is a dict with `role` in {system, user, assistant, tool} and string `content`;
     other keys (name, tool_calls, ...) are passed through to the template.
     """
-    if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
-        raise ValueError(f"messages must be a list of dicts, got {type(messages).__name__}")
-    out: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise ValueError(f"messages[{index}] must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        if role not in ROLES:
-            raise ValueError(f"messages[{index}]: role must be one of {sorted(ROLES)}, got {role!r}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise ValueError(f"messages[{index}]: content must be a string, got {type(content).__name__}")
-        out.append(dict(message))
-    return out
+    return check_messages(messages, sorted(ROLES))
 
 
 class ChatTemplate:

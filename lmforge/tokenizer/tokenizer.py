@@ -20,6 +20,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import processors
 
 from lmforge.tokenizer.gguf_vocab import gguf_tokenizer_info, tokenizer_from_gguf_metadata
+from lmforge.core.files import write_text_atomically
 
 __all__ = ["CHAT_END_TOKENS", "StreamDecoder", "Tokenizer"]
 
@@ -277,8 +278,8 @@ class Tokenizer:
             "chat_template": self._chat_template,
         }
         # Write-then-rename so a crash never leaves a truncated file behind.
-        _atomic_write(out / "tokenizer.json", tok.to_str(pretty=True))
-        _atomic_write(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+        write_text_atomically(out / "tokenizer.json", tok.to_str(pretty=True))
+        write_text_atomically(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
     # ------------------------------------------------------------------ helpers
     def _name(self, token_id: int | None) -> str | None:
@@ -427,9 +428,3 @@ def _post_processor_adds(tok: HFTokenizer, bos_id: int) -> bool:
                 ids = (node.get("special_tokens") or {}).get(first.get("id"), {}).get("ids") or []
                 return bos_id in ids
     return False
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -26,6 +26,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lmforge.data.readers import iter_documents
 from lmforge.tokenizer.tokenizer import Tokenizer
+from lmforge.core.files import write_text_atomically
 
 BOUNDARY = "<|endoftext|>"
 IM_START, IM_END, PAD, UNK = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|unk|>"
@@ -141,7 +142,7 @@ def save_tokenizer(tokenizer: Tokenizer, out: str | os.PathLike, report: Tokeniz
     tokenizer.save(out)
     if report is not None:
         data = {**report.__dict__, "bytes_per_token": round(report.bytes_per_token, 4)}
-        (out / "tokenizer_report.json").write_text(json.dumps(data, indent=2) + "\n")
+        write_text_atomically(out / "tokenizer_report.json", json.dumps(data, indent=2) + "\n")
     return out
 
 

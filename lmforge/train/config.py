@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from lmforge.core.config import ModelConfig
 
@@ -48,8 +48,22 @@ class ScheduleConfig:
     decay_frac: float = 0.2  # wsd: the last fraction of the run decays linearly to min_lr_frac
 
 
+class RecipeConfig:
+    """What every run config offers: to and from plain dicts (YAML recipes, run_config.json)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        return build_dataclass(cls, data, "")
+
+    def replace(self, **changes: Any) -> Self:
+        return dataclasses.replace(self, **changes)
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RecipeConfig):
     data: str  # a folder written by `lmforge prepare`
     out_dir: str = "runs/pretrain"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -90,21 +104,13 @@ class PretrainConfig:
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PretrainConfig":
-        return _build(cls, data, "")
-
-    def replace(self, **changes: Any) -> "PretrainConfig":
-        return dataclasses.replace(self, **changes)
-
 
 # --------------------------------------------------------------------------------------------
 # dict -> dataclass with type checks
 # --------------------------------------------------------------------------------------------
-def _build(cls: type, data: Any, where: str) -> Any:
+def build_dataclass(cls: type, data: Any, where: str = "") -> Any:
+    """A (nested) dataclass from a dict, converting and checking each value against its type hint;
+    unknown keys and wrong types are a ValueError naming the dotted key (prefixed by `where`)."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
@@ -125,7 +131,7 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def _convert(kind: Any, value: Any, where: str) -> Any:
     origin, args = typing.get_origin(kind), typing.get_args(kind)
     if dataclasses.is_dataclass(kind):
-        return _build(kind, value, where + ".")
+        return build_dataclass(kind, value, where + ".")
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

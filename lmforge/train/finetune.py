@@ -17,7 +17,6 @@ before and after training.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Sequence
@@ -34,14 +33,15 @@ from lmforge.infer.engine import Engine
 from lmforge.infer.sampling import SamplingParams
 from lmforge.io.checkpoint import load_meta, load_train_state
 from lmforge.io.hf import save_pretrained
-from lmforge.io.peft import save_adapter, write_folder_atomically
+from lmforge.core.files import write_folder_atomically, write_text_atomically
+from lmforge.io.peft import save_adapter
 from lmforge.io.registry import load_model
 from lmforge.model.lora import apply_lora, count_parameters, lora_state_dict, merge_lora, merged_state_dict
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.chat import render_conversation
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.tokenizer.train import token_byte_lengths
-from lmforge.train.config import OptimConfig, ScheduleConfig, _build
+from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from lmforge.train.helpers import (
     MetricsLog,
@@ -89,7 +89,7 @@ class LoRASettings:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(RecipeConfig):
     model: str = "smollm2-135m-instruct"  # known name, GGUF file, HF folder or lmforge checkpoint
     data: str | None = None  # chat JSONL; None -> the generated `task`
     val_data: str | None = None  # held-out chat JSONL for the validation loss; None -> split off `data`
@@ -137,16 +137,6 @@ class FinetuneConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.merge and self.method != "lora":
             raise ValueError("merge applies to LoRA runs (a full fine-tune already is a complete model)")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FinetuneConfig":
-        return _build(cls, data, "")
-
-    def replace(self, **changes: Any) -> "FinetuneConfig":
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -311,7 +301,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
     model.train()
 
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if resumed else None)
-    (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    write_text_atomically(out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     evals: list[dict[str, Any]] = []
     clock = TrainClock(already=train_seconds)
     last_eval_step, last_save_step, stopped_by = -1, step if resumed else -1, None
@@ -329,12 +319,18 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
                         f"(lenient {lenient:.1%}; {seconds:.0f}s); e.g. {scored_items[0].question!r} -> {answers[0]!r}")
         return exact, lenient
 
+    def to_device(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Move a collated batch; segment ids only when a row holds several conversations (else the
+        plain causal path, with no mask to build: right padding is never seen by a real token)."""
+        inputs, targets, segments = batch
+        packed = bool((segments.amax(dim=1) > 1).any())
+        return (inputs.to(dist.device), targets.to(dist.device)) + ((segments.to(dist.device),) if packed else ())
+
     def run_eval() -> None:
         if not val_rows:
             return
-        val_batches = [collate(val_rows[i:i + config.eval_batch_size], pad_id)[:2]
+        val_batches = [to_device(collate(val_rows[i:i + config.eval_batch_size], pad_id))
                        for i in range(0, len(val_rows), config.eval_batch_size)]
-        val_batches = [(x.to(dist.device), y.to(dist.device)) for x, y in val_batches]
         result = evaluate(model, val_batches, token_bytes.to(dist.device), dist, precision=precision)
         record = {"step": step, "tokens": tokens, "time_s": round(clock.seconds, 3), "val_loss": result.loss,
                   "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
@@ -375,10 +371,9 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
 
             micro_batches = []
             for _ in range(config.grad_accum):
-                inputs, targets, padding = next(batches)
-                tokens += int(padding.sum())
-                # Right padding needs no attention mask: causal attention never lets a real token see it.
-                micro_batches.append((inputs.to(dist.device), targets.to(dist.device)))
+                batch = next(batches)
+                tokens += int((batch[2] > 0).sum())
+                micro_batches.append(to_device(batch))
             loss, target_tokens = accumulate_gradients(model, micro_batches, dist, precision=precision)
             ensure_finite(loss, step + 1, dist)
             grad_norm = clip_gradients(model, config.grad_clip)
@@ -435,7 +430,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
                        "scored_items": len(scored_items), "final_val_loss": evals[-1]["val_loss"] if evals else None,
                        "checkpoint": str(checkpoint) if checkpoint else None,
                        "adapter": str(adapter) if adapter else None, "merged": str(merged) if merged else None}
-            (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     display.close()
     return FinetuneResult(out, checkpoint, adapter, merged, step, train_seconds, trainable, total,
                           accuracy_before, accuracy_after, stopped_by, evals)

@@ -44,8 +44,18 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.distributed import DistInfo, agree_any, all_reduce_max, all_reduce_sum
 from lmforge.train.losses import IGNORE_INDEX, bits_per_byte, token_cross_entropy
+from lmforge.core.files import replace_atomically
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs [B, T], targets [B, T])
+# (inputs [B, T], targets [B, T]), or with a third tensor, segment ids [B, T] of packed documents
+Batch = tuple[torch.Tensor, ...]
+
+
+def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
+    """The model's logits for a batch; packed documents (segment ids) attend only within themselves."""
+    inputs, _, *segments = batch
+    if segments and segments[0] is not None:
+        return model(inputs, segment_ids=segments[0])
+    return model(inputs)
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -121,20 +131,21 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[Batch], dist: Dis
     into micro-batches or processes. DDP/FSDP average gradients over ranks, hence the `world`
     factor. Returns the step's mean loss over all ranks and its global token count.
     """
-    local_tokens = sum(int((targets != IGNORE_INDEX).sum()) for _, targets in micro_batches)
+    local_tokens = sum(int((batch[1] != IGNORE_INDEX).sum()) for batch in micro_batches)
     global_tokens = int(all_reduce_sum([float(local_tokens)], dist)[0])
     if global_tokens == 0:
         raise ValueError("a training step has no target tokens (every target is masked)")
     scale = dist.world / global_tokens
     loss_total = torch.zeros((), dtype=torch.float64, device=micro_batches[0][1].device)  # summed on device: one sync
-    for index, (inputs, targets) in enumerate(micro_batches):
+    for index, batch in enumerate(micro_batches):
+        targets = batch[1]
         last = index == len(micro_batches) - 1
         sync = model.no_sync() if (not last and hasattr(model, "no_sync")) else contextlib.nullcontext()
         if hasattr(model, "set_requires_gradient_sync"):  # FSDP2: reduce-scatter only on the last micro-batch
             model.set_requires_gradient_sync(last)
         with sync:
             with precision or contextlib.nullcontext():
-                logits = model(inputs)
+                logits = batch_logits(model, batch)
             loss_sum, _ = loss_fn(logits, targets)
             (loss_sum * scale).backward()
         loss_total += loss_sum.detach().double()
@@ -186,9 +197,10 @@ def evaluate(model: nn.Module, batches: Iterable[Batch], token_bytes: torch.Tens
     loss_sum, tokens, n_bytes = 0.0, 0, 0
     for index in range(rounds):
         real = index < len(batches)
-        inputs, targets = batches[index] if real else batches[0] if batches else (torch.zeros(1, 1, dtype=torch.long),) * 2
+        batch = batches[index] if real else batches[0] if batches else (torch.zeros(1, 1, dtype=torch.long),) * 2
+        targets = batch[1]
         with precision or contextlib.nullcontext():
-            logits = model(inputs)
+            logits = batch_logits(model, batch)
         if not real:
             continue
         batch_loss, count = loss_fn(logits, targets)
@@ -332,10 +344,10 @@ def plot_metrics(records: list[dict[str, Any]], path: str | os.PathLike, title: 
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    tmp = Path(path).with_name(Path(path).name + ".tmp.png")
-    figure.savefig(tmp)
-    plt.close(figure)
-    os.replace(tmp, path)
+    try:
+        replace_atomically(path, figure.savefig)
+    finally:
+        plt.close(figure)
 
 
 def _duration(seconds: float) -> str:

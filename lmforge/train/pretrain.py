@@ -57,6 +57,7 @@ from lmforge.train.helpers import (
 )
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_multiplier
+from lmforge.core.files import write_text_atomically
 
 
 @dataclass
@@ -161,7 +162,7 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
     metrics = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main, resume_step=step if resumed else None)
     display = ProgressDisplay(enabled=dist.is_main and show_progress)
     if dist.is_main:
-        (out / "run_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomically(out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         n_params = sum(p.numel() for p in model.parameters())
         display.message(f"model: {model_config.family}, {n_params / 1e6:.2f}M parameters; data: {data.train.tokens:,} train / "
                         f"{data.val.tokens:,} val tokens; {dist.world} process(es)"

@@ -113,8 +113,8 @@ def test_loss_mask_covers_exactly_the_assistant_tokens_of_a_multi_turn_conversat
 
     # Through packing and batching the targets are still exactly the assistant tokens.
     rows, cut = pack_examples([(ids, mask)], seq_len=len(ids))
-    inputs, targets, padding = collate(rows, pad_id=0)
-    assert cut == 0 and padding.all()
+    inputs, targets, segments = collate(rows, pad_id=0)
+    assert cut == 0 and (segments == 1).all()
     kept = targets[0][targets[0] != IGNORE_INDEX].tolist()
     assert kept == [t for t, m in zip(ids[1:], mask[1:]) if m]
     assert tokenizer.decode(kept) == "".join(a + "<|im_end|>" for a in answers)
@@ -144,10 +144,16 @@ def test_packing_fills_rows_without_losing_or_splitting_conversations():
 
 def test_collate_pads_on_the_right_and_batches_resume_exactly():
     rows, _ = pack_examples([([5, 6, 7, 8], [0, 0, 1, 1]), ([9, 10], [0, 1])], seq_len=8, pack=False)
-    inputs, targets, padding = collate(rows, pad_id=2)
+    inputs, targets, segments = collate(rows, pad_id=2)
     assert inputs.tolist() == [[5, 6, 7], [9, 2, 2]]
     assert targets.tolist() == [[IGNORE_INDEX, 7, 8], [10, IGNORE_INDEX, IGNORE_INDEX]]
-    assert padding.tolist() == [[True, True, True], [True, False, False]]
+    assert segments.tolist() == [[1, 1, 1], [1, 0, 0]]  # 0 = padding
+
+    packed, _ = pack_examples([([5, 6, 7, 8], [0, 0, 1, 1]), ([9, 10, 11], [0, 1, 1])], seq_len=8)
+    inputs, targets, segments = collate(packed, pad_id=2)
+    assert inputs.tolist() == [[5, 6, 7, 8, 9, 10]]
+    assert segments.tolist() == [[1, 1, 1, 1, 2, 2]]  # the conversations of a row are told apart
+    assert targets.tolist() == [[IGNORE_INDEX, 7, 8, IGNORE_INDEX, 10, 11]]
 
     many, _ = pack_examples([([i, i + 1, i + 2], [0, 1, 1]) for i in range(0, 300, 3)], seq_len=2, pack=False)
     first = ChatBatches(many, batch_size=7, pad_id=0, seed=3)

@@ -93,3 +93,26 @@ def test_bf16_forward_is_close_to_fp32(model):
         ref = model(ids)
         low = model.to(torch.bfloat16)(ids).float()
     assert (low - ref).abs().max() < 0.1
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_documents_compute_what_they_compute_alone(family):
+    config = ModelConfig(family=family, vocab_size=97, dim=32, n_layers=2, n_heads=4,
+                         n_kv_heads=2 if family == "llama" else 4, ffn_dim=64, max_seq_len=64)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    model.eval()
+    lengths = [5, 3, 6]
+    ids = torch.randint(0, 97, (1, sum(lengths)))
+    segments = torch.tensor([[k for k, n in enumerate(lengths, start=1) for _ in range(n)]])
+    with torch.no_grad():
+        packed = model(ids, segment_ids=segments)[0]
+        start = 0
+        for n in lengths:
+            alone = model(ids[:, start:start + n])[0]
+            assert (packed[start:start + n] - alone).abs().max() < 1e-5
+            start += n
+        unmasked = model(ids)[0]
+    assert (unmasked[5:8] - packed[5:8]).abs().max() > 1e-3  # without segments the documents do mix
+    with pytest.raises(ValueError, match="segment_ids"):
+        model(ids, segment_ids=segments[:, :-1])

@@ -124,7 +124,7 @@ def _gadgets(target: Path) -> list[str]:
         f"{{{{ lipsum.__globals__['os'].system('touch {path}') }}}}",
         f"{{{{ self.__init__.__globals__.__builtins__.open('{path}', 'w').write('pwned') }}}}",
         f"{{{{ namespace.__init__.__globals__['__builtins__']['open']('{path}', 'w') }}}}",
-        f"{{% for m in messages %}}{{{{ m.__class__.__base__.__subclasses__() }}}}{{% endfor %}}",
+        "{% for m in messages %}{{ m.__class__.__base__.__subclasses__() }}{% endfor %}",
         "{{ '{0.__class__.__mro__}'.format(messages) }}",
         "{{ messages.append({'role': 'user', 'content': 'x'}) }}",
         "{{ 'x' * 1000000000 }}",

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.cli.pretrain import apply_overrides, load_config
+from lmforge.cli.pretrain import load_config
+from lmforge.cli.recipes import apply_overrides
 from lmforge.core.config import ModelConfig
 from lmforge.model.transformer import Transformer, init_weights
 from lmforge.train.config import PretrainConfig, ScheduleConfig
@@ -112,6 +113,26 @@ def test_accumulation_weights_every_token_equally():
     norm = clip_gradients(model, 1e-3)
     assert norm > 1e-3
     assert clip_gradients(model, 0.0) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_packed_batch_trains_like_its_conversations_apart():
+    """Through collate's segment ids, a row packing two conversations gives the gradient of the
+    two trained as separate rows: packing changes speed, not the result."""
+    from lmforge.data.chat import collate, pack_examples
+
+    examples = [(list(range(1, 8)), [0, 0, 0, 1, 1, 1, 1]), (list(range(20, 26)), [0, 0, 1, 1, 1, 1])]
+    packed = collate(pack_examples(examples, seq_len=16)[0], pad_id=0)
+    apart = collate(pack_examples(examples, seq_len=16, pack=False)[0], pad_id=0)
+    assert packed[0].shape[0] == 1 and apart[0].shape[0] == 2
+    reference, model = _model(), _model()
+    loss_apart, tokens_apart = accumulate_gradients(reference, [apart[:2]], SINGLE)
+    loss_packed, tokens_packed = accumulate_gradients(model, [packed], SINGLE)
+    assert tokens_packed == tokens_apart and loss_packed == pytest.approx(loss_apart, rel=1e-5)
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+    mixed = _model()
+    loss_mixed, _ = accumulate_gradients(mixed, [packed[:2]], SINGLE)  # no segment ids: conversations attend across
+    assert loss_mixed != pytest.approx(loss_apart, rel=1e-5)
 
 
 def test_train_clock_excludes_and_freezes_during_pauses():
