@@ -72,7 +72,7 @@ def score_continuations(
         raise ValueError("batch_size and max_batch_tokens must be positive")
     config = model.config
     window = min(max_len or config.max_seq_len, config.max_seq_len)
-    # Unique model inputs: (input ids, number of scored tokens at the end) -> slot.
+    # Unique requests: (context + continuation after truncation, continuation length) -> slot.
     unique: dict[tuple[tuple[int, ...], int], int] = {}
     items: list[tuple[tuple[int, ...], list[int], int]] = []  # (inputs, targets, duplicates)
     slot_of_request: list[int] = []
@@ -86,12 +86,12 @@ def score_continuations(
         if len(continuation) > window:
             raise ValueError(f"request {index}: a continuation of {len(continuation)} tokens does not fit "
                              f"the {window}-token context window")
-        whole = (context + continuation)[-(window + 1):]
-        key = (tuple(whole[:-1]), len(continuation))
+        whole = tuple((context + continuation)[-(window + 1):])
+        key = (whole, len(continuation))  # the full sequence: inputs and targets
         slot = unique.get(key)
         if slot is None:
             slot = unique[key] = len(items)
-            items.append((key[0], continuation, 0))
+            items.append((whole[:-1], continuation, 0))
         inputs, targets, count = items[slot]
         items[slot] = (inputs, targets, count + 1)
         slot_of_request.append(slot)

@@ -1,0 +1,366 @@
+"""Evaluation tasks: what is asked (documents), how it is shown (prompt format), how it is scored.
+
+A `Task` is frozen data: the documents to evaluate, a pool to draw few-shot examples from, and a
+`PromptFormat`. Three kinds:
+
+* multiple_choice: score every choice as a continuation of the prompt by log-likelihood;
+  metrics acc and acc_norm (log-likelihood divided by the choice's length in bytes).
+* generation: generate an answer, extract the final answer, compare (exact and numeric match).
+* perplexity: log-likelihood of whole texts; perplexity and bits per byte.
+
+Built-in tasks (see `load_task`):
+  arc_easy, arc_challenge   AI2 ARC in the Hugging Face jsonl layout: {data}/arc/ARC-Easy-{split}.jsonl
+  gsm8k                     grade-school maths, {data}/gsm8k/{train,test}.jsonl
+  icl                       generated in-context-learning probe (see `icl_probe_task`)
+  ppl:PATH                  perplexity / bits per byte of a text file (.txt) or a jsonl with "text"
+  jsonl:PATH                a user task (schema in `jsonl_task`)
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from lmforge.data.readers import parse_json_object
+from lmforge.eval.extract import gsm8k_reference_answer
+
+TaskKind = Literal["multiple_choice", "generation", "perplexity"]
+
+__all__ = [
+    "Doc",
+    "PromptFormat",
+    "Task",
+    "arc_task",
+    "gsm8k_task",
+    "icl_probe_task",
+    "jsonl_task",
+    "load_task",
+    "text_task",
+]
+
+
+@dataclass(frozen=True)
+class Doc:
+    """One evaluation item."""
+
+    id: str
+    question: str  # the text the prompt format shows (for perplexity: the whole text)
+    choices: tuple[str, ...] = ()  # multiple choice: the candidate answers
+    gold: int = -1  # multiple choice: index of the correct choice
+    answer: str = ""  # generation: the final answer
+    rationale: str = ""  # generation: a worked solution ending before the answer (chain-of-thought shots)
+    shot_key: str = ""  # documents with the same key draw the same shots (default: the id)
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How documents become prompts (plain text and chat) and what a shot's answer looks like.
+
+    Plain mode (lm-evaluation-harness style): shots are `text + target_delimiter + target`, joined
+    by `fewshot_separator`, followed by the item's `text`. Chat mode: each shot is a user turn
+    (`chat_text`) and an assistant turn (the target); the item is the last user turn.
+    """
+
+    text: str = "Question: {question}\nAnswer:"
+    target_delimiter: str = " "
+    fewshot_separator: str = "\n\n"
+    chat_text: str = "{question}"
+    # Generation only -------------------------------------------------------------------------
+    answer_template: str = "{answer}"  # a direct (no chain-of-thought) target
+    cot_answer_template: str = "{rationale} The answer is {answer}."  # a chain-of-thought target
+    cot_trigger: str = " Let's think step by step."  # appended to a zero-shot plain prompt with --cot
+    chat_cot_instruction: str = ""  # appended to the user turn in chat mode with --cot
+    chat_direct_instruction: str = ""  # appended to the user turn in chat mode without --cot
+    stop: tuple[str, ...] = ()  # plain-mode stop strings (chat mode stops at the end-of-turn token)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    kind: TaskKind
+    docs: tuple[Doc, ...]
+    fewshot_pool: tuple[Doc, ...] = ()
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    description: str = ""
+    chance: float | None = None  # accuracy of guessing (drawn on plots)
+    source: str = ""  # where the documents came from
+    per_doc_pools: tuple[tuple[Doc, ...], ...] = ()  # a few-shot pool per document (overrides fewshot_pool)
+    shots_per_class: bool = False  # k shots = k examples of every answer class (N-way K-shot), not k in all
+
+    def limited(self, limit: int | None) -> "Task":
+        """The first `limit` documents (all when None)."""
+        if limit is None:
+            return self
+        if limit < 1:
+            raise ValueError(f"--limit must be positive, got {limit}")
+        return replace(self, docs=self.docs[:limit], per_doc_pools=self.per_doc_pools[:limit])
+
+    def pool_for(self, doc_index: int) -> tuple[Doc, ...]:
+        """Where the shots of document `doc_index` are drawn from."""
+        return self.per_doc_pools[doc_index] if self.per_doc_pools else self.fewshot_pool
+
+
+# --------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------
+def _need_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} does not exist (set --data to the folder that holds the data)")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                rows.append(parse_json_object(line, f"{path}:{number}"))
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# ARC
+# --------------------------------------------------------------------------------------------
+def arc_docs(path: Path) -> list[Doc]:
+    docs = []
+    for number, row in enumerate(read_jsonl(path), 1):
+        try:
+            labels, texts = list(row["choices"]["label"]), list(row["choices"]["text"])
+            gold = labels.index(row["answerKey"])
+            docs.append(Doc(id=str(row.get("id", number)), question=str(row["question"]), choices=tuple(map(str, texts)), gold=gold))
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}:{number}: not an ARC record ({type(error).__name__}: {error})") from None
+    return docs
+
+
+def arc_task(data_dir: Path, subset: str = "ARC-Easy", split: str = "validation") -> Task:
+    """ARC as lm-evaluation-harness scores it: "Question: {q}\\nAnswer:" + " {choice}"."""
+    folder = data_dir / "arc"
+    docs = arc_docs(_need_file(folder / f"{subset}-{split}.jsonl", f"{subset} {split} split"))
+    train = folder / f"{subset}-train.jsonl"
+    pool = arc_docs(train) if train.is_file() and split != "train" else []
+    return Task(name=subset.lower().replace("-", "_"), kind="multiple_choice", docs=tuple(docs), fewshot_pool=tuple(pool),
+                description=f"AI2 {subset} ({split}), log-likelihood of each answer", chance=0.25, source=str(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# GSM8K
+# --------------------------------------------------------------------------------------------
+_CALCULATOR = re.compile(r"<<[^>]*>>")
+
+GSM8K_PROMPT = PromptFormat(
+    text="Question: {question}\nAnswer:",
+    chat_cot_instruction="\nSolve it step by step, then finish with \"The answer is <number>.\"",
+    chat_direct_instruction="\nReply with the final answer only, as \"The answer is <number>.\"",
+    answer_template="The answer is {answer}.",
+    stop=("Question:", "\n\n\n"),
+)
+
+
+def gsm8k_rationale(solution: str) -> str:
+    """A reference solution as one paragraph of reasoning, calculator annotations and '#### N' removed."""
+    lines = [line.strip() for line in _CALCULATOR.sub("", solution).split("\n")]
+    return " ".join(line for line in lines if line and not line.startswith("####"))
+
+
+def gsm8k_docs(path: Path) -> list[Doc]:
+    docs = []
+    for number, row in enumerate(read_jsonl(path), 1):
+        question, solution = row.get("question"), row.get("answer")
+        if not isinstance(question, str) or not isinstance(solution, str):
+            raise ValueError(f"{path}:{number}: a GSM8K record needs string 'question' and 'answer'")
+        answer = gsm8k_reference_answer(solution)
+        if answer is None:
+            raise ValueError(f"{path}:{number}: the reference solution has no '#### <answer>' line")
+        docs.append(Doc(id=str(row.get("id", f"{path.stem}-{number}")), question=question, answer=answer,
+                        rationale=gsm8k_rationale(solution)))
+    return docs
+
+
+def gsm8k_task(data_dir: Path, split: str = "test") -> Task:
+    folder = data_dir / "gsm8k"
+    docs = gsm8k_docs(_need_file(folder / f"{split}.jsonl", f"GSM8K {split} split"))
+    train = folder / "train.jsonl"
+    pool = gsm8k_docs(train) if train.is_file() and split != "train" else []
+    return Task(name="gsm8k", kind="generation", docs=tuple(docs), fewshot_pool=tuple(pool), prompt=GSM8K_PROMPT,
+                description=f"GSM8K ({split}), generated answer vs the reference number", chance=0.0, source=str(folder))
+
+
+# --------------------------------------------------------------------------------------------
+# In-context-learning probe
+# --------------------------------------------------------------------------------------------
+ICL_WORDS: tuple[str, ...] = (
+    "dog", "cat", "horse", "cow", "lion", "tiger", "rabbit", "mouse", "monkey", "sheep", "goat", "bear", "wolf",
+    "fox", "deer", "zebra", "camel", "donkey", "pig", "duck", "eagle", "owl", "snake", "frog", "whale", "shark",
+    "apple", "bread", "cheese", "banana", "rice", "carrot", "potato", "orange", "grape", "butter", "soup", "cake",
+    "pizza", "tomato", "onion", "lemon", "pear", "peach", "cherry", "honey", "chair", "table", "door", "window",
+    "lamp", "clock", "bottle", "cup", "spoon", "knife", "pencil", "book", "paper", "box", "bag", "shoe", "hat",
+    "shirt", "river", "mountain", "forest", "cloud", "stone", "sand", "island", "bridge", "road", "garden",
+)
+# Label words with no relation to the inputs (one token each in common BPE vocabularies).
+ICL_LABELS: tuple[str, ...] = ("foo", "bar", "alpha", "beta", "zip", "ping", "X", "Y")
+
+# "sand: zip" - the word right before its label, the layout small models copy from most easily.
+ICL_PROMPT = PromptFormat(text="{question}:", fewshot_separator="\n", chat_text="{question}")
+
+
+def icl_probe_task(n_items: int = 400, words_per_item: int = 4, pool_size: int = 64, seed: int = 0,
+                   labels: tuple[str, ...] = ICL_LABELS) -> Task:
+    """Words mapped at random to made-up labels: the answer exists only in the shots.
+
+    Every item draws its own vocabulary of `words_per_item` everyday words, two labels from
+    `labels`, and a random word -> label mapping (half the words per label). Its few-shot pool is
+    `pool_size` (word, label) pairs from that mapping, and the item asks for the label of one of
+    its words: "spoon: bar\nsand: zip\n...\nsand:" scored on " bar" vs " zip".
+
+    Shots are counted per label (N-way K-shot, `Task.shots_per_class`): "1 shot" shows one word of
+    each label, so both labels are seen equally often and a model that merely repeats the last
+    label it saw gains nothing. (Drawn without that balance, one shot is misleading as often as it
+    helps, and SmolLM2 scored 50.5% at 1 shot.)
+
+    Items come in mirrored pairs: the same word, labels and shot draws, with the mapping flipped.
+    Without shots the two prompts are identical and exactly one of them is right, so 0-shot
+    accuracy is exactly chance (50%) whatever the model's taste in labels. With k shots per label
+    the asked word has been shown with its label with probability 1 - (1 - 2/words_per_item)^k
+    (50%, 94%, 100% for 1, 4, 16 with 4 words), so a model that picks the mapping up in context
+    climbs towards 100%, and one that does not stays at 50%.
+    """
+    if words_per_item < 2 or words_per_item % 2 or words_per_item > len(ICL_WORDS):
+        raise ValueError(f"words_per_item must be an even number in [2, {len(ICL_WORDS)}], got {words_per_item}")
+    if n_items < 2 or n_items % 2:
+        raise ValueError(f"n_items must be an even number >= 2 (items come in mirrored pairs), got {n_items}")
+    rng = random.Random(f"icl-probe-{seed}")
+    docs, pools = [], []
+    for pair_index in range(n_items // 2):
+        pair = tuple(rng.sample(labels, 2))
+        words = rng.sample(ICL_WORDS, words_per_item)
+        mapping = {word: position % 2 for position, word in enumerate(words)}  # words come shuffled
+        gold = pair_index % 2
+        word = rng.choice([w for w in words if mapping[w] == gold])
+        shots = [rng.choice(words) for _ in range(pool_size)]
+        for flip in (0, 1):
+            key = f"icl-{pair_index}"
+            docs.append(Doc(id=f"{key}{'-flipped' if flip else ''}", question=word, choices=pair, gold=gold ^ flip,
+                            shot_key=key))
+            pools.append(tuple(Doc(id=f"{key}-shot-{j}", question=w, choices=pair, gold=mapping[w] ^ flip)
+                               for j, w in enumerate(shots)))
+    return Task(name="icl", kind="multiple_choice", docs=tuple(docs), prompt=ICL_PROMPT, per_doc_pools=tuple(pools),
+                shots_per_class=True,
+                description=f"in-context-learning probe: {words_per_item} words -> 2 made-up labels, random mapping per item",
+                chance=0.5, source=f"generated (seed {seed})")
+
+
+# --------------------------------------------------------------------------------------------
+# Perplexity on text
+# --------------------------------------------------------------------------------------------
+def text_task(path: Path) -> Task:
+    """A .txt file is one document; a .jsonl file has one document per line in its "text" field."""
+    path = _need_file(path, "perplexity text")
+    if path.suffix == ".jsonl":
+        rows = read_jsonl(path)
+        texts = []
+        for number, row in enumerate(rows, 1):
+            if not isinstance(row.get("text"), str):
+                raise ValueError(f"{path}:{number}: a perplexity jsonl line needs a string 'text'")
+            texts.append(row["text"])
+    else:
+        try:
+            texts = [path.read_text(encoding="utf-8")]
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
+    docs = tuple(Doc(id=f"{path.stem}-{i}", question=t) for i, t in enumerate(texts) if t)
+    if not docs:
+        raise ValueError(f"{path} holds no text")
+    return Task(name=f"ppl_{path.stem}", kind="perplexity", docs=docs, description=f"perplexity of {path.name}",
+                source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# User tasks
+# --------------------------------------------------------------------------------------------
+def jsonl_task(path: Path) -> Task:
+    """A user task: one JSON object per line.
+
+    Multiple choice:  {"question": "2+2=", "choices": ["3", "4"], "answer": 1}
+                      ("answer" is the index of the correct choice, or its text)
+    Generation:       {"question": "What is 6*7?", "answer": "42"}
+                      optional "rationale": worked solution shown in chain-of-thought shots
+    Every line:       optional "id"; "split": "train" puts the line in the few-shot pool instead
+                      of the evaluated set.
+    The prompt is "Question: {question}\\nAnswer:", choices are scored as " {choice}".
+    All lines must be of one kind (all with "choices" or none).
+    """
+    path = _need_file(path, "task file")
+    evaluated, pool, kinds = [], [], set()
+    for number, row in enumerate(read_jsonl(path), 1):
+        where = f"{path}:{number}"
+        question = row.get("question")
+        if not isinstance(question, str):
+            raise ValueError(f"{where}: 'question' must be a string")
+        doc_id = str(row.get("id", number))
+        if "choices" in row:
+            kinds.add("multiple_choice")
+            choices = row["choices"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) and c for c in choices):
+                raise ValueError(f"{where}: 'choices' must be a list of at least two non-empty strings")
+            answer = row.get("answer")
+            if isinstance(answer, bool) or not isinstance(answer, (int, str)):
+                raise ValueError(f"{where}: 'answer' must be a choice index or a choice's text")
+            if isinstance(answer, str):
+                if answer not in choices:
+                    raise ValueError(f"{where}: answer {answer!r} is not one of the choices")
+                answer = choices.index(answer)
+            if not 0 <= answer < len(choices):
+                raise ValueError(f"{where}: answer index {answer} is out of range for {len(choices)} choices")
+            doc = Doc(id=doc_id, question=question, choices=tuple(choices), gold=answer)
+        else:
+            kinds.add("generation")
+            answer = row.get("answer")
+            if isinstance(answer, (int, float)) and not isinstance(answer, bool):
+                answer = str(answer)
+            if not isinstance(answer, str) or not answer.strip():
+                raise ValueError(f"{where}: 'answer' must be a non-empty string (or a number)")
+            rationale = row.get("rationale", "")
+            if not isinstance(rationale, str):
+                raise ValueError(f"{where}: 'rationale' must be a string")
+            doc = Doc(id=doc_id, question=question, answer=answer.strip(), rationale=rationale.strip())
+        split = row.get("split", "test")
+        if split not in ("train", "test", "validation"):
+            raise ValueError(f"{where}: 'split' must be train, test or validation, got {split!r}")
+        (pool if split == "train" else evaluated).append(doc)
+    if len(kinds) > 1:
+        raise ValueError(f"{path} mixes multiple-choice lines (with 'choices') and generation lines")
+    if not evaluated:
+        raise ValueError(f"{path} has no lines to evaluate (every line is split=train, or the file is empty)")
+    kind: TaskKind = kinds.pop()
+    chance = sum(1 / len(d.choices) for d in evaluated) / len(evaluated) if kind == "multiple_choice" else None
+    prompt = PromptFormat(stop=("Question:", "\n\n")) if kind == "generation" else PromptFormat()
+    return Task(name=path.stem, kind=kind, docs=tuple(evaluated), fewshot_pool=tuple(pool), prompt=prompt,
+                description=f"user task {path.name}", chance=chance, source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Names -> tasks
+# --------------------------------------------------------------------------------------------
+BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", "ppl:PATH", "jsonl:PATH")
+
+
+def load_task(spec: str, data_dir: Path, *, split: str | None = None, seed: int = 0) -> Task:
+    """A task from its name (see module docstring). `split` picks the evaluated split of data sets."""
+    if spec.startswith("ppl:"):
+        return text_task(Path(spec[4:]).expanduser())
+    if spec.startswith("jsonl:"):
+        return jsonl_task(Path(spec[6:]).expanduser())
+    name = spec.lower()
+    if name in ("arc_easy", "arc-easy"):
+        return arc_task(data_dir, "ARC-Easy", split or "validation")
+    if name in ("arc_challenge", "arc-challenge"):
+        return arc_task(data_dir, "ARC-Challenge", split or "validation")
+    if name == "gsm8k":
+        return gsm8k_task(data_dir, split or "test")
+    if name == "icl":
+        return icl_probe_task(seed=seed)
+    raise ValueError(f"unknown task {spec!r}; choose one of {', '.join(BUILTIN)}")
