@@ -1,7 +1,8 @@
 """Inference engine: prefill, incremental decode over a preallocated KV cache, sampling, stopping.
 
-The engine holds up to `max_batch_size` sequences, one per KV-cache row. `add` prefills a new
-sequence into a free row and picks its first token; `step` advances every active sequence by one
+The engine holds up to `max_batch_size` sequences, one per KV-cache row. `admit` prefills new
+sequences (checked by `prepare`) into free rows, several in one batched call, and picks their
+first tokens (`add` does one); `step` advances every active sequence by one
 token in a single batched forward call; finished sequences leave through `release`. Because
 sequences may join and leave between steps, the same three calls serve plain `generate`, a
 streaming iterator, and the HTTP server's continuous batching.
@@ -145,10 +146,12 @@ class Engine:
     def free_rows(self) -> int:
         return self.max_batch_size - len(self.active)
 
-    # -- the three primitive operations ---------------------------------------------------------
-    @torch.inference_mode()
-    def add(self, prompt: str | Seq[int], params: SamplingParams, constraint: Constraint | None = None) -> Sequence:
-        """Prefill a new sequence into a free cache row and choose its first token."""
+    # -- the primitive operations: admit (prefill), step (decode), release ----------------------
+    PREFILL_TOKENS = 8192  # rows x padded prompt length per batched prefill call
+
+    def prepare(self, prompt: str | Seq[int], params: SamplingParams, constraint: Constraint | None = None) -> Sequence:
+        """Check a request and build its Sequence; nothing changes in the engine (a bad request
+        raises ValueError here, before any other request is touched)."""
         prompt_ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
         if not prompt_ids:
             if self.tokenizer.bos_id is None:
@@ -158,14 +161,12 @@ class Engine:
         if bad:
             raise ValueError(f"prompt token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})")
         self.check_length(len(prompt_ids), params.max_new_tokens)
-        if not self.free_rows:
-            raise RuntimeError("engine is full; wait for a sequence to finish")
         stop_ids = params.stop_token_ids if params.stop_token_ids is not None else self.tokenizer.eos_ids
         seq = Sequence(prompt_ids, params, frozenset() if params.ignore_eos else frozenset(stop_ids),
                        StreamDecoder(self.tokenizer), constraint)
-        if params.seed is not None:
-            seq.generator = torch.Generator(device=self.model.lm_head.weight.device).manual_seed(params.seed)
         device = self.model.lm_head.weight.device
+        if params.seed is not None:
+            seq.generator = torch.Generator(device=device).manual_seed(params.seed)
         if params.repetition_penalty != 1.0:
             seq.seen = torch.zeros(self.vocab_size, dtype=torch.bool, device=device)
             seq.seen[torch.tensor(prompt_ids, device=device)] = True
@@ -173,13 +174,49 @@ class Engine:
             seq.counts = torch.zeros(self.vocab_size, dtype=torch.int32, device=device)
         if params.logprobs is not None:
             seq.logprobs = []
-        self._ensure_cache(len(prompt_ids) + params.max_new_tokens)
-        seq.row = len(self.active)
-        self.active.append(seq)
-        ids = torch.tensor([prompt_ids], device=device)
-        logits = self.model(ids, cache=self.cache, starts=[0], first_row=seq.row, last_only=True)  # [1, 1, V]
-        self._accept(seq, logits[0, -1])
         return seq
+
+    @torch.inference_mode()
+    def admit(self, seqs: Seq[Sequence]) -> list[Sequence]:
+        """Prefill prepared sequences into free cache rows and choose their first tokens.
+
+        Prompts are prefilled together, right-padded, in as few forward calls as PREFILL_TOKENS
+        allows: one large matrix product per layer instead of one per prompt. Padding is harmless:
+        causal attention keeps it from real tokens, and the cache slots it fills lie past the row's
+        length, where each decode step writes before anything reads.
+        """
+        seqs = list(seqs)
+        if len(seqs) > self.free_rows:
+            raise RuntimeError(f"engine is full: {len(seqs)} sequences for {self.free_rows} free rows")
+        if not seqs:
+            return []
+        self._ensure_cache(max(len(s.prompt_ids) + s.params.max_new_tokens for s in seqs))
+        device = self.model.lm_head.weight.device
+        group: list[Sequence] = []
+        for seq in seqs + [None]:  # type: ignore[list-item]
+            width = max((len(s.prompt_ids) for s in group), default=0)
+            if seq is not None and (not group or (len(group) + 1) * max(width, len(seq.prompt_ids)) <= self.PREFILL_TOKENS):
+                group.append(seq)
+                continue
+            first_row = len(self.active)
+            ids = torch.zeros((len(group), width), dtype=torch.long, device=device)
+            for index, member in enumerate(group):
+                member.row = first_row + index
+                ids[index, :len(member.prompt_ids)] = torch.tensor(member.prompt_ids, device=device)
+                self.active.append(member)
+            last = torch.tensor([len(m.prompt_ids) - 1 for m in group], device=device)
+            logits = self.model(ids, cache=self.cache, starts=[0] * len(group), first_row=first_row,
+                                logits_at=last)  # [G, 1, V]
+            for member, row_logits in zip(group, logits[:, 0]):
+                self._accept(member, row_logits)
+            group = [seq] if seq is not None else []
+        return seqs
+
+    def add(self, prompt: str | Seq[int], params: SamplingParams, constraint: Constraint | None = None) -> Sequence:
+        """Prefill one new sequence into a free cache row and choose its first token."""
+        if not self.free_rows:
+            raise RuntimeError("engine is full; wait for a sequence to finish")
+        return self.admit([self.prepare(prompt, params, constraint)])[0]
 
     @torch.inference_mode()
     def step(self) -> list[Sequence]:
@@ -279,10 +316,12 @@ class Engine:
         owner: dict[int, int] = {}
         try:
             while queue or self.active:
-                while queue and self.free_rows:
+                joining = []
+                while queue and len(joining) < self.free_rows:
                     index, prompt = queue.pop(0)
-                    seq = self.add(prompt, params, constraints[index] if constraints else None)
-                    owner[id(seq)] = index
+                    joining.append(self.prepare(prompt, params, constraints[index] if constraints else None))
+                    owner[id(joining[-1])] = index
+                self.admit(joining)
                 for seq in [s for s in self.active if s.finished]:
                     results[owner[id(seq)]] = seq.completion()
                     self.release(seq)

@@ -326,7 +326,8 @@ class Transformer(nn.Module):
         padding_mask: torch.Tensor | None = None,  # without a cache: [B, T] bool, False = right padding
         segment_ids: torch.Tensor | None = None,  # without a cache: [B, T] int, documents packed in a row
         last_only: bool = False,  # compute logits only for the final position (prefill)
-    ) -> torch.Tensor:  # [B, T, V] (or [B, 1, V] with last_only)
+        logits_at: torch.Tensor | None = None,  # [B] compute logits only at this position of each row
+    ) -> torch.Tensor:  # [B, T, V] (or [B, 1, V] with last_only / logits_at)
         """Logits of every position. `segment_ids` marks the documents packed into each row (equal ids
         next to each other): a token attends only within its document, and positions restart at each
         document, so a packed row computes what its documents would compute alone."""
@@ -368,6 +369,8 @@ class Transformer(nn.Module):
         hidden = self.backbone(ids, positions, inputs)  # [B, T, D]
         if last_only:
             hidden = hidden[:, -1:]
+        elif logits_at is not None:  # right-padded prefill: each row's last real token
+            hidden = hidden[torch.arange(B, device=ids.device), logits_at][:, None]  # [B, 1, D]
         logits = self.lm_head(hidden)  # [B, T, V]
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap

@@ -140,8 +140,7 @@ class Scheduler:
                         break
                     pending, self._pending = self._pending, []
                 try:
-                    for job in pending:
-                        self._admit(job)
+                    self._admit(pending)
                     self._drop_cancelled()
                     self._emit()
                     if self.engine.active:
@@ -154,20 +153,26 @@ class Scheduler:
             for job in self._pending:
                 self._close(job, Failed(APIError(503, "the server is shutting down", type="server_error")))
 
-    def _admit(self, job: Job) -> None:
-        if job.cancelled:
-            self._close(job, None)
-            return
-        try:
-            for choice, (prompt, params, constraint) in enumerate(zip(job.prompts, job.params, job.constraints)):
-                job.seqs[choice] = self.engine.add(prompt, params, constraint)
+    def _admit(self, jobs: list[Job]) -> None:
+        """Check every new job's sequences (a bad request fails alone), then prefill them all together."""
+        joining = []
+        for job in jobs:
+            if job.cancelled:
+                self._close(job, None)
+                continue
+            try:
+                seqs = [self.engine.prepare(prompt, params, constraint)
+                        for prompt, params, constraint in zip(job.prompts, job.params, job.constraints)]
+            except ValueError as exc:  # e.g. the prompt does not fit the context
+                self._close(job, Failed(invalid(str(exc))))
+                continue
+            for choice, seq in enumerate(seqs):
+                job.seqs[choice] = seq
                 job.sent_logprobs[choice] = 0
-        except ValueError as exc:  # e.g. the prompt does not fit the context
-            self._release(job)
-            self._close(job, Failed(invalid(str(exc))))
-            return
-        job.open_choices = job.size
-        self._jobs.append(job)
+            job.open_choices = job.size
+            self._jobs.append(job)  # before the prefill, so that a failure there reaches the job
+            joining += seqs
+        self.engine.admit(joining)
 
     def _drop_cancelled(self) -> None:
         for job in [j for j in self._jobs if j.cancelled]:

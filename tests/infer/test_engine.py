@@ -36,6 +36,34 @@ def test_batched_greedy_equals_naive_recomputation(smollm):
         assert completion.text == tokenizer.decode(expected)
 
 
+def test_batched_prefill_splits_into_groups_and_joins_running_rows(smollm):
+    """Prefill groups bounded by PREFILL_TOKENS, and sequences admitted while others decode,
+    give the tokens each prompt gets alone."""
+    model, tokenizer = smollm
+    prompts = ["Hi", "The three primary colours are", "def add(a, b):\n    return", "In 1492, Columbus sailed the ocean"]
+    params = SamplingParams(max_new_tokens=8, ignore_eos=True)
+    alone = [Engine(model, tokenizer, max_batch_size=1).generate([p], params)[0].token_ids for p in prompts]
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    engine.PREFILL_TOKENS = 16  # forces several prefill calls: at most 16 padded tokens each
+    assert [c.token_ids for c in engine.generate(prompts, params)] == alone
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    first = engine.add(prompts[0], params)
+    engine.step()
+    engine.step()
+    later = engine.admit([engine.prepare(p, params) for p in prompts[1:]])  # join a running batch
+    with pytest.raises(RuntimeError, match="full"):
+        engine.admit([engine.prepare("x", params)])
+    with pytest.raises(ValueError, match="exceeds the context"):  # a bad request changes nothing
+        engine.prepare("x", SamplingParams(max_new_tokens=10**6))
+    assert len(engine.active) == 4
+    while engine.active:
+        for seq in [s for s in engine.active if s.finished]:
+            engine.release(seq)
+        if engine.active:
+            engine.step()
+    assert [s.token_ids for s in [first, *later]] == alone
+
+
 def test_more_prompts_than_rows_run_in_waves(smollm):
     model, tokenizer = smollm
     engine = Engine(model, tokenizer, max_batch_size=2)
