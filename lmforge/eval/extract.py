@@ -43,7 +43,7 @@ def normalize_number(text: str) -> str | None:
         value = Decimal(cleaned)
     except InvalidOperation:
         return None
-    if not value.is_finite():
+    if not value.is_finite() or abs(value.adjusted()) > 100:  # "1e5000" would print 5,000 digits
         return None
     if value == value.to_integral_value():
         return str(int(value))

@@ -125,7 +125,9 @@ def lm_class() -> type:
                 prompts = []
                 for index in indices:
                     ids = self.tok.encode(requests[index].args[0], add_bos=self.tok.add_bos_token)
-                    prompts.append(ids[-budget:] if ids else [prefix_token_id(self.tok)])
+                    prefix = prefix_token_id(self.tok)
+                    # An empty prompt starts from BOS / end-of-text; without either the engine says so.
+                    prompts.append(ids[-budget:] if ids else [prefix] if prefix is not None else [])
                 for index, completion in zip(indices, engine.generate(prompts, params)):
                     results[index] = completion.text
                     self.cache_hook.add_partial("generate_until", requests[index].args, completion.text)

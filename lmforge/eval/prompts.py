@@ -75,6 +75,10 @@ def _shots_per_class(task: Task, doc: Doc, pool: Sequence[Doc], k: int, seed: in
     classes: dict[str, list[Doc]] = {}
     for shot in pool:
         classes.setdefault(shot_target(task, shot, cot=False), []).append(shot)
+    smallest = min(classes, key=lambda label: len(classes[label]))
+    if k > len(classes[smallest]):
+        raise ValueError(f"{k} shots per class requested but the few-shot pool has only {len(classes[smallest])} "
+                         f"examples of class {smallest!r}")
     own = shot_target(task, doc, cot=False)
     labels = sorted(classes, key=lambda label: (label != own, label))
     draws = [[classes[label][i] for i in draw_shots(len(classes[label]), k, seed, f"{key}:class{number}")]

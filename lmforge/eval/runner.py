@@ -89,11 +89,12 @@ class _Silent:
 
 
 def primary_metric(kind: str, metrics: dict[str, Any]) -> str:
-    """The headline metric of a run: acc, numeric_match (else exact_match) or bits_per_byte."""
+    """The headline metric of a run: acc (multiple choice), accuracy (generation: numeric answers
+    compared by value, text answers by exact match, over every document) or bits_per_byte."""
     if kind == "multiple_choice":
         return "acc"
     if kind == "generation":
-        return "numeric_match" if "numeric_match" in metrics else "exact_match"
+        return "accuracy"
     return "bits_per_byte"
 
 
@@ -201,22 +202,25 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
     engine = Engine(model, tokenizer, max_batch_size=config.batch_size)
     progress.start(f"{task.name} {k}-shot{' CoT' if config.cot else ''}", len(prompts))
     completions = engine.generate(prompts, params, on_finish=progress.advance)
-    exact, numeric, found, samples = [], [], [], []
+    correct, exact, numeric, found, samples = [], [], [], [], []
     for doc, completion in zip(task.docs, completions):
         numeric_gold = is_number(doc.answer)
         answer, how = extract_answer(completion.text, numeric=numeric_gold)
         exact.append(float(exact_match(answer, doc.answer)))
         if numeric_gold:
             numeric.append(float(numeric_match(answer, doc.answer)))
+        correct.append(numeric[-1] if numeric_gold else exact[-1])  # numbers by value, text by exact match
         found.append(float(how == "marker"))
         if config.keep_samples:
             samples.append({"id": doc.id, "gold": doc.answer, "extracted": answer, "how": how,
-                            "correct": bool(numeric[-1] if numeric_gold else exact[-1]), "output": completion.text,
+                            "correct": bool(correct[-1]), "output": completion.text,
                             "tokens": completion.completion_tokens, "finish": completion.finish_reason})
     metrics: dict[str, Any] = {}
+    metrics["accuracy"], metrics["accuracy_stderr"] = _mean_stderr(correct)
     metrics["exact_match"], metrics["exact_match_stderr"] = _mean_stderr(exact)
-    if numeric:
+    if numeric:  # over the documents whose answer is a number (numeric_n of them)
         metrics["numeric_match"], metrics["numeric_match_stderr"] = _mean_stderr(numeric)
+        metrics["numeric_n"] = len(numeric)
     metrics["answer_marker_rate"] = sum(found) / len(found) if found else float("nan")
     metrics["mean_output_tokens"] = sum(c.completion_tokens for c in completions) / max(1, len(completions))
     return {"shots": k, "n": len(task.docs), "metrics": metrics, "truncated_prompts": truncated,

@@ -205,10 +205,16 @@ class Engine:
                 ids[index, :len(member.prompt_ids)] = torch.tensor(member.prompt_ids, device=device)
                 self.active.append(member)
             last = torch.tensor([len(m.prompt_ids) - 1 for m in group], device=device)
-            logits = self.model(ids, cache=self.cache, starts=[0] * len(group), first_row=first_row,
-                                logits_at=last)  # [G, 1, V]
-            for member, row_logits in zip(group, logits[:, 0]):
-                self._accept(member, row_logits)
+            try:
+                logits = self.model(ids, cache=self.cache, starts=[0] * len(group), first_row=first_row,
+                                    logits_at=last)  # [G, 1, V]
+                for member, row_logits in zip(group, logits[:, 0]):
+                    self._accept(member, row_logits)
+            except BaseException:  # leave the engine as it was before this group (its rows are the last ones)
+                del self.active[first_row:]
+                for member in group:
+                    member.row = -1
+                raise
             group = [seq] if seq is not None else []
         return seqs
 

@@ -148,7 +148,10 @@ class Scheduler:
                         self.steps += 1
                 except Exception as exc:  # a bug, not a bad request: fail what is running, keep serving
                     log.exception("scheduler step failed")
-                    self._fail_all(server_error(f"generation failed: {type(exc).__name__}"))
+                    error = server_error(f"generation failed: {type(exc).__name__}")
+                    self._fail_all(error)
+                    for job in pending:  # taken off the queue but not admitted: answer them too
+                        self._close(job, Failed(error))
             self._fail_all(APIError(503, "the server is shutting down", type="server_error", code="shutting_down"))
             for job in self._pending:
                 self._close(job, Failed(APIError(503, "the server is shutting down", type="server_error")))
@@ -165,6 +168,10 @@ class Scheduler:
                         for prompt, params, constraint in zip(job.prompts, job.params, job.constraints)]
             except ValueError as exc:  # e.g. the prompt does not fit the context
                 self._close(job, Failed(invalid(str(exc))))
+                continue
+            except Exception as exc:  # a fault (e.g. out of memory) fails this request, not the queue behind it
+                log.exception("preparing a request failed")
+                self._close(job, Failed(server_error(f"generation failed: {type(exc).__name__}")))
                 continue
             for choice, seq in enumerate(seqs):
                 job.seqs[choice] = seq

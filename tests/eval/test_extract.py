@@ -78,5 +78,6 @@ def test_normalize_number():
     assert normalize_number("12.") == "12"
     assert normalize_number("abc") is None and normalize_number("") is None
     assert normalize_number("nan") is None and normalize_number("inf") is None
+    assert normalize_number("1e5000") is None and normalize_number("2.5e3") == "2500"  # no 5,000-digit strings
     assert gsm8k_reference_answer("a\nb\n#### 2,125") == "2125"
     assert gsm8k_reference_answer("no marker") is None

@@ -121,8 +121,8 @@ def test_generation_runs_through_the_engine_and_extracts(smollm, tmp_path):
     config = EvalConfig(chat=True, cot=True, max_new_tokens=40, batch_size=2)
     results = evaluate(model, tokenizer, task, config)
     run = results["runs"][0]
-    assert results["primary_metric"] == "numeric_match"
-    # Our progress-reporting loop over add/step/release gives exactly engine.generate's answers.
+    assert results["primary_metric"] == "accuracy"
+    # Batched generation with a progress callback gives each prompt's one-at-a-time answer.
     prompts = [prompt_ids(tokenizer, task, doc, [], chat=True, cot=True) for doc in task.docs]
     expected = Engine(model, tokenizer, max_batch_size=1).generate(prompts, SamplingParams(max_new_tokens=40))
     correct = 0
@@ -132,5 +132,24 @@ def test_generation_runs_through_the_engine_and_extracts(smollm, tmp_path):
         assert (sample["extracted"], sample["how"]) == (answer, how)
         assert sample["correct"] == numeric_match(answer, doc.answer)
         correct += sample["correct"]
-    assert run["metrics"]["numeric_match"] == pytest.approx(correct / 2)
+    assert run["metrics"]["numeric_match"] == run["metrics"]["accuracy"] == pytest.approx(correct / 2)
     assert 0 < run["metrics"]["mean_output_tokens"] <= 40
+
+
+def test_mixed_answers_headline_counts_every_document(tiny, tmp_path, monkeypatch):
+    """Numbers are compared by value and text by exact match, and the headline covers all documents:
+    one right number among nine wrong words is 10%, not the 100% of the numeric subset."""
+    from lmforge.infer.engine import Completion
+
+    model, tokenizer = tiny
+    rows = [{"question": "When did Apollo 11 land?", "answer": "1969"}]
+    rows += [{"question": f"Colour number {i}?", "answer": "blue"} for i in range(9)]
+    task = jsonl_task(_write(tmp_path / "mixed.jsonl", rows))
+    outputs = ["The answer is 1,969."] + ["The answer is red."] * 9
+    monkeypatch.setattr(Engine, "generate", lambda self, prompts, params, constraints=None, on_finish=None:
+                        [Completion(text, [], "stop", len(p)) for text, p in zip(outputs, prompts)])
+    results = evaluate(model, tokenizer, task, EvalConfig(max_new_tokens=16))
+    metrics = results["runs"][0]["metrics"]
+    assert results["primary_metric"] == "accuracy" and metrics["accuracy"] == pytest.approx(0.1)
+    assert metrics["numeric_match"] == 1.0 and metrics["numeric_n"] == 1
+    assert metrics["exact_match"] == 0.0  # "1,969" is not the text "1969"

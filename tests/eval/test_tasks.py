@@ -158,3 +158,5 @@ def test_icl_shots_are_counted_per_label_balanced_and_nested():
             assert sorted(s.gold for s in shots) == [0] * k + [1] * k  # each round shows both labels
         last_labels.append(select_shots(task, index, 1, seed=5)[-1].gold == doc.gold)
     assert 0 < sum(last_labels) < 20  # the label shown last is sometimes the answer, sometimes not
+    with pytest.raises(ValueError, match="shots per class requested"):
+        select_shots(task, 0, 40, seed=5)  # more than the pool holds of one label

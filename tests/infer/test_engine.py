@@ -185,3 +185,24 @@ def test_release_mid_generation_frees_the_row(smollm):
         engine.step()
     expected = naive_greedy(model, b.prompt_ids, 10)
     assert b.token_ids == expected
+
+
+def test_a_failed_prefill_leaves_the_engine_as_it_was(smollm, monkeypatch):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    running = engine.add("Hello", params)
+    joining = [engine.prepare("one", params), engine.prepare("two", params)]
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("simulated out of memory")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "forward", out_of_memory)
+        with pytest.raises(RuntimeError, match="simulated"):
+            engine.admit(joining)
+    assert engine.active == [running] and running.row == 0  # the joining rows were taken back
+    assert all(seq.row == -1 for seq in joining)
+    while not running.finished:
+        engine.step()
+    assert len(running.token_ids) == 4

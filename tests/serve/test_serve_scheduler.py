@@ -48,3 +48,48 @@ def test_a_request_joins_and_leaves_while_another_runs(server, client):
             assert short.usage.completion_tokens <= 4
             assert server.health()["running"] == 1  # the short one's row is free again; the long one goes on
     assert "".join(pieces) == alone
+
+
+def test_a_fault_while_admitting_fails_that_request_and_the_queue_goes_on(smollm):
+    """A non-input error (say, out of memory) preparing one request answers it with a server error;
+    the requests queued behind it still run, and no row stays reserved."""
+    import asyncio
+
+    from lmforge.serve.scheduler import Done, Failed, Finished, Job, Scheduler
+
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=4)
+    real_prepare = engine.prepare
+
+    def faulty_prepare(prompt, params, constraint=None):
+        if list(prompt) == [7, 7, 7]:
+            raise RuntimeError("simulated out of memory")
+        return real_prepare(prompt, params, constraint)
+
+    engine.prepare = faulty_prepare
+    scheduler = Scheduler(engine)
+
+    async def run() -> list[list[object]]:
+        loop = asyncio.get_running_loop()
+        params = SamplingParams(max_new_tokens=3, ignore_eos=True)
+        jobs = [Job([ids], [params], [None], loop) for ids in ([7, 7, 7], tokenizer.encode("Hello"), tokenizer.encode("Hi"))]
+        scheduler.start()
+        for job in jobs:
+            scheduler.submit(job)
+        events = []
+        for job in jobs:
+            seen = []
+            while not seen or not isinstance(seen[-1], (Done, Failed)):
+                seen.append(await asyncio.wait_for(job.queue.get(), timeout=60))
+            events.append(seen)
+        return events
+
+    try:
+        bad, first, second = asyncio.run(run())
+    finally:
+        scheduler.stop()
+    assert isinstance(bad[-1], Failed) and bad[-1].error.status == 500 and "RuntimeError" in bad[-1].error.message
+    for events in (first, second):
+        assert isinstance(events[-1], Done)
+        assert [e for e in events if isinstance(e, Finished)][0].completion_tokens == 3
+    assert scheduler.in_use == 0 and not engine.active
