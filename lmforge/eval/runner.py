@@ -169,7 +169,7 @@ def _multiple_choice(model: Transformer, tokenizer: Tokenizer, task: Task, k: in
     correct, correct_norm, samples = [], [], []
     for doc, (first, count) in zip(task.docs, spans):
         logprobs = [s.logprob for s in scores[first:first + count]]
-        lengths = [max(1, len(choice.encode("utf-8"))) for choice in doc.choices]
+        lengths = [max(1, len(choice)) for choice in doc.choices]  # characters, as lm-evaluation-harness
         prediction = max(range(count), key=lambda i: logprobs[i])
         prediction_norm = max(range(count), key=lambda i: logprobs[i] / lengths[i])
         correct.append(float(prediction == doc.gold))

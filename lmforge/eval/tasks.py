@@ -4,7 +4,8 @@ A `Task` is frozen data: the documents to evaluate, a pool to draw few-shot exam
 `PromptFormat`. Three kinds:
 
 * multiple_choice: score every choice as a continuation of the prompt by log-likelihood;
-  metrics acc and acc_norm (log-likelihood divided by the choice's length in bytes).
+  metrics acc and acc_norm (log-likelihood divided by the choice's length in characters, as
+  lm-evaluation-harness does).
 * generation: generate an answer, extract the final answer, compare (exact and numeric match).
 * perplexity: log-likelihood of whole texts; perplexity and bits per byte.
 

@@ -65,7 +65,7 @@ def test_multiple_choice_metrics_match_hand_computation(tiny, tmp_path):
             logprobs = [_logprob(model, *encode_pair(tokenizer, text, " " + c)) for c in doc.choices]
             assert sample["logprobs"] == pytest.approx(logprobs, abs=2e-3)
             best = max(range(len(logprobs)), key=logprobs.__getitem__)
-            best_norm = max(range(len(logprobs)), key=lambda i: logprobs[i] / len(doc.choices[i].encode()))
+            best_norm = max(range(len(logprobs)), key=lambda i: logprobs[i] / len(doc.choices[i]))
             assert (sample["pred"], sample["pred_norm"]) == (best, best_norm)
             hits += best == doc.gold
             hits_norm += best_norm == doc.gold
