@@ -90,13 +90,15 @@ class Task:
     source: str = ""  # where the documents came from
     per_doc_pools: tuple[tuple[Doc, ...], ...] = ()  # a few-shot pool per document (overrides fewshot_pool)
     shots_per_class: bool = False  # k shots = k examples of every answer class (N-way K-shot), not k in all
+    group_size: int = 1  # documents come in groups (the ICL probe's mirrored pairs) that --limit keeps whole
 
     def limited(self, limit: int | None) -> "Task":
-        """The first `limit` documents (all when None)."""
+        """The first `limit` documents (all when None), rounded up to whole groups."""
         if limit is None:
             return self
         if limit < 1:
             raise ValueError(f"--limit must be positive, got {limit}")
+        limit = -(-limit // self.group_size) * self.group_size
         return replace(self, docs=self.docs[:limit], per_doc_pools=self.per_doc_pools[:limit])
 
     def pool_for(self, doc_index: int) -> tuple[Doc, ...]:
@@ -249,7 +251,7 @@ def icl_probe_task(n_items: int = 400, words_per_item: int = 4, pool_size: int =
             pools.append(tuple(Doc(id=f"{key}-shot-{j}", question=w, choices=pair, gold=mapping[w] ^ flip)
                                for j, w in enumerate(shots)))
     return Task(name="icl", kind="multiple_choice", docs=tuple(docs), prompt=ICL_PROMPT, per_doc_pools=tuple(pools),
-                shots_per_class=True,
+                shots_per_class=True, group_size=2,
                 description=f"in-context-learning probe: {words_per_item} words -> 2 made-up labels, random mapping per item",
                 chance=0.5, source=f"generated (seed {seed})")
 

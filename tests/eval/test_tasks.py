@@ -122,6 +122,7 @@ def test_icl_probe_answers_exist_only_in_the_shots():
         label_pairs.add(doc.choices)
     assert len(label_pairs) > 5  # the labels themselves change from item to item
     assert len(task.limited(6).per_doc_pools) == 6
+    assert len(task.limited(5).docs) == 6  # --limit keeps mirrored pairs whole, so 0-shot stays exactly 50%
     with pytest.raises(ValueError, match="even"):
         icl_probe_task(n_items=3)
 
