@@ -61,6 +61,14 @@ class RecipeConfig:
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
 
+    def _check_run(self, lengths: tuple[str, ...], positive: tuple[str, ...]) -> None:
+        """At least one of the run-length fields is set, and every field in `positive` is > 0."""
+        if all(getattr(self, name) is None for name in lengths):
+            raise ValueError(f"set at least one of {', '.join(lengths[:-1])} or {lengths[-1]}")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
 
 @dataclass(frozen=True)
 class PretrainConfig(RecipeConfig):
@@ -96,11 +104,8 @@ class PretrainConfig(RecipeConfig):
     plot: bool = True
 
     def __post_init__(self) -> None:
-        if not any(x is not None for x in (self.max_steps, self.max_tokens, self.time_budget_s)):
-            raise ValueError("set at least one of max_steps, max_tokens or time_budget_s")
-        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._check_run(("max_steps", "max_tokens", "time_budget_s"),
+                        ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"))
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0")
 

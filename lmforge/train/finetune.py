@@ -127,12 +127,9 @@ class FinetuneConfig(RecipeConfig):
     plot: bool = True
 
     def __post_init__(self) -> None:
-        if not any(x is not None for x in (self.epochs, self.max_steps, self.time_budget_s)):
-            raise ValueError("set at least one of epochs, max_steps or time_budget_s")
-        for name in ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints",
-                     "max_new_tokens", "train_items"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        self._check_run(("epochs", "max_steps", "time_budget_s"),
+                        ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints",
+                         "max_new_tokens", "train_items"))
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.merge and self.method != "lora":
