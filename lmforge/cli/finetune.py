@@ -88,7 +88,7 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from lmforge.io.checkpoint import CheckpointError
     from lmforge.train.finetune import finetune
-    from lmforge.train.helpers import NonFiniteLossError
+    from lmforge.train.step import NonFiniteLossError
 
     config = build_config(args)
     try:

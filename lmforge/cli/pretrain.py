@@ -30,7 +30,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> PretrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from lmforge.train.helpers import NonFiniteLossError
+    from lmforge.train.step import NonFiniteLossError
     from lmforge.train.pretrain import pretrain
 
     config = load_config(args.config, args.overrides)

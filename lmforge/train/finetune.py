@@ -5,13 +5,13 @@
 
 Conversations go through the tokenizer's chat template (`render_conversation`, the one owner of
 the chat format) into ids with a loss mask on assistant tokens, are packed into rows, and are
-trained with the same helpers as pretraining (`lmforge.train.helpers`): token-weighted
+trained with the same shared modules as pretraining (`lmforge.train.step`, `.validation`, ...): token-weighted
 accumulation, clipping, evaluation, metrics, progress, signals and atomic checkpoints.
 
 LoRA runs wrap the chosen linear layers (`lmforge.model.lora`); only the adapter is trained. Their
 checkpoints hold the *merged* model (so each one opens anywhere) and the adapter matrices in the
 resume state; the finished run also writes the adapter in PEFT's layout under `adapter/`.
-With a generated task (`lmforge.data.tasks`) the run measures held-out exact-match accuracy
+With a generated task (`lmforge.data.synthetic`) the run measures held-out exact-match accuracy
 before and after training.
 """
 
@@ -28,7 +28,7 @@ import torch
 
 import lmforge
 from lmforge.data.chat import ChatBatches, ChatExample, collate, pack_examples, read_chat_jsonl
-from lmforge.data.tasks import TaskItem, exact_match, lenient_match, make_items
+from lmforge.data.synthetic import TaskItem, exact_match, lenient_match, make_items
 from lmforge.infer.engine import Engine
 from lmforge.infer.sampling import SamplingParams
 from lmforge.io.checkpoint import load_meta, load_train_state
@@ -43,25 +43,13 @@ from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.tokenizer.train import token_byte_lengths
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
-from lmforge.train.helpers import (
-    MetricsLog,
-    ProgressDisplay,
-    StopSignals,
-    TrainClock,
-    accumulate_gradients,
-    autocast,
-    clip_gradients,
-    ensure_finite,
-    evaluate,
-    find_resume_checkpoint,
-    plot_metrics,
-    restore_optimizer,
-    restore_training_checkpoint,
-    save_training_checkpoint,
-    seed_everything,
-    set_deterministic,
-    set_rng_state,
-)
+from lmforge.train.checkpointing import find_resume_checkpoint, restore_optimizer, restore_training_checkpoint, save_training_checkpoint
+from lmforge.train.metrics import MetricsLog, ProgressDisplay, plot_metrics
+from lmforge.train.precision import autocast
+from lmforge.train.reproducibility import seed_everything, set_deterministic, set_rng_state
+from lmforge.train.signals import StopSignals, TrainClock
+from lmforge.train.step import accumulate_gradients, clip_gradients, ensure_finite
+from lmforge.train.validation import validation_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_multiplier
 
@@ -95,7 +83,7 @@ class FinetuneConfig(RecipeConfig):
     val_data: str | None = None  # held-out chat JSONL for the validation loss; None -> split off `data`
     val_fraction: float = 0.05  # of `data`, when val_data is not given (at most val_max conversations)
     val_max: int = 200
-    task: str = "add"  # generated task used when `data` is None (see lmforge.data.tasks)
+    task: str = "add"  # generated task used when `data` is None (see lmforge.data.synthetic)
     train_items: int = 2000
     eval_items: int = 200  # held-out task items scored by exact match before and after training
     out_dir: str = "runs/finetune"
@@ -328,7 +316,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
             return
         val_batches = [to_device(collate(val_rows[i:i + config.eval_batch_size], pad_id))
                        for i in range(0, len(val_rows), config.eval_batch_size)]
-        result = evaluate(model, val_batches, token_bytes.to(dist.device), dist, precision=precision)
+        result = validation_loss(model, val_batches, token_bytes.to(dist.device), dist, precision=precision)
         record = {"step": step, "tokens": tokens, "time_s": round(clock.seconds, 3), "val_loss": result.loss,
                   "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
         metrics.log(**record)

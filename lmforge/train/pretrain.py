@@ -4,7 +4,7 @@
 
 The same function runs alone or under torchrun (DDP or FSDP2). The mechanics it shares with other
 training methods (accumulation, clipping, evaluation, logging, checkpoints, signals) live in
-`lmforge.train.helpers`; what is left here is the order in which they happen.
+the modules of `lmforge.train` (step, validation, metrics, checkpointing, signals); what is left here is the order in which they happen.
 """
 
 from __future__ import annotations
@@ -35,26 +35,13 @@ from lmforge.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from lmforge.train.helpers import (
-    EvalResult,
-    MetricsLog,
-    ProgressDisplay,
-    StopSignals,
-    TrainClock,
-    accumulate_gradients,
-    autocast,
-    clip_gradients,
-    ensure_finite,
-    evaluate,
-    find_resume_checkpoint,
-    plot_metrics,
-    restore_optimizer,
-    restore_training_checkpoint,
-    sample_text,
-    save_training_checkpoint,
-    seed_everything,
-    set_deterministic,
-)
+from lmforge.train.checkpointing import find_resume_checkpoint, restore_optimizer, restore_training_checkpoint, save_training_checkpoint
+from lmforge.train.metrics import MetricsLog, ProgressDisplay, plot_metrics
+from lmforge.train.precision import autocast
+from lmforge.train.reproducibility import seed_everything, set_deterministic
+from lmforge.train.signals import StopSignals, TrainClock
+from lmforge.train.step import accumulate_gradients, clip_gradients, ensure_finite
+from lmforge.train.validation import EvalResult, sample_text, validation_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_multiplier
 from lmforge.core.files import write_text_atomically
@@ -182,7 +169,7 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
         batches = [(x.to(dist.device), y.to(dist.device)) for x, y in
                    eval_batches(data.val, config.seq_len, config.eval_batch_size, rank=dist.rank, world=dist.world,
                                 max_tokens=config.eval_tokens)]
-        result = evaluate(wrapped, batches, token_bytes.to(dist.device), dist, precision=precision)
+        result = validation_loss(wrapped, batches, token_bytes.to(dist.device), dist, precision=precision)
         record = {"step": step, "tokens": tokens, "time_s": round(clock.seconds, 3),
                   "val_loss": result.loss, "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
         metrics.log(**record)

@@ -22,7 +22,7 @@ TEXT = "The year 2024 had 366 days; we can't count them all. <|im_start|>user\nW
 @pytest.fixture(scope="module")
 def tokenizer() -> Tokenizer:
     """A small byte-level BPE with ChatML special tokens and template (fast to export and reload)."""
-    from lmforge.data.tasks import make_items
+    from lmforge.data.synthetic import make_items
     from lmforge.tokenizer.train import train_bpe
 
     docs = [f"{i.question} {i.answer}" for task in ("add", "reverse", "convert") for i in make_items(task, 100)]

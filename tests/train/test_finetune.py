@@ -13,7 +13,7 @@ import torch
 from lmforge.cli.main import main
 from lmforge.core.config import ModelConfig
 from lmforge.data.chat import write_chat_jsonl
-from lmforge.data.tasks import make_items
+from lmforge.data.synthetic import make_items
 from lmforge.io.gguf import load_gguf_model
 from lmforge.io.hf import load_pretrained, save_pretrained
 from lmforge.io.peft import load_adapter, read_adapter_config

@@ -11,7 +11,7 @@ from lmforge.cli.main import main
 from lmforge.io.checkpoint import latest_checkpoint, list_checkpoints
 from lmforge.io.hf import load_pretrained
 from lmforge.train.config import PretrainConfig
-from lmforge.train.helpers import NonFiniteLossError
+from lmforge.train.step import NonFiniteLossError
 from lmforge.train.pretrain import pretrain
 from run_helpers import tiny_config, train_losses, write_config
 

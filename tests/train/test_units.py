@@ -15,7 +15,7 @@ from lmforge.core.config import ModelConfig
 from lmforge.model.transformer import Transformer, init_weights
 from lmforge.train.config import PretrainConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo
-from lmforge.train.helpers import accumulate_gradients, clip_gradients
+from lmforge.train.step import accumulate_gradients, clip_gradients
 from lmforge.train.losses import bits_per_byte, token_cross_entropy
 from lmforge.train.optim import build_optimizer, split_parameters
 from lmforge.train.schedule import lr_multiplier
@@ -138,7 +138,7 @@ def test_packed_batch_trains_like_its_conversations_apart():
 def test_train_clock_excludes_and_freezes_during_pauses():
     import time
 
-    from lmforge.train.helpers import TrainClock
+    from lmforge.train.signals import TrainClock
 
     clock = TrainClock(already=10.0)
     time.sleep(0.05)

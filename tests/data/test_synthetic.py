@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from lmforge.data.tasks import (
+from lmforge.data.synthetic import (
     INSTRUCTION,
     TASKS,
     WORDS,
