@@ -15,9 +15,10 @@ base weights and puts plain `nn.Linear` modules back, leaving a model any export
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch import nn
 __all__ = [
     "ALL_LINEAR",
     "LoRALinear",
+    "adapters_disabled",
     "apply_lora",
     "count_parameters",
     "lora_modules",
@@ -65,6 +67,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Linear(rank, self.out_features, bias=False, **factory)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.dropout_p = float(dropout)
+        self.enabled = True  # False: the layer computes the base model alone (see `adapters_disabled`)
         self.reset_lora()
 
     def reset_lora(self) -> None:
@@ -78,6 +81,8 @@ class LoRALinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         base = F.linear(x, self.weight, self.bias)
+        if not self.enabled:
+            return base
         update = self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype))))
         return base + (update * self.scaling).to(base.dtype)
 
@@ -169,6 +174,23 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[f"{name}.lora_A.weight"] = module.lora_A.weight
         out[f"{name}.lora_B.weight"] = module.lora_B.weight
     return out
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block the model computes its base weights alone: a frozen reference model for
+    DPO/RL at no extra memory (PEFT's `disable_adapter`)."""
+    modules = list(lora_modules(model).values())
+    if not modules:
+        raise ValueError("adapters_disabled: the model has no LoRA layers")
+    previous = [m.enabled for m in modules]
+    for module in modules:
+        module.enabled = False
+    try:
+        yield model
+    finally:
+        for module, state in zip(modules, previous):
+            module.enabled = state
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

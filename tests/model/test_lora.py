@@ -9,6 +9,7 @@ from torch import nn
 from lmforge.core.config import ModelConfig
 from lmforge.model.lora import (
     LoRALinear,
+    adapters_disabled,
     apply_lora,
     count_parameters,
     lora_modules,
@@ -141,3 +142,21 @@ def test_dropout_acts_in_training_only_and_rslora_scaling():
     assert not torch.equal(layer(x), layer(x))
     assert LoRALinear(nn.Linear(16, 8), rank=4, alpha=8.0).scaling == 2.0
     assert LoRALinear(nn.Linear(16, 8), rank=4, alpha=8.0, use_rslora=True).scaling == 4.0
+
+
+def test_adapters_disabled_gives_the_base_model_and_restores_the_adapters():
+    model = tiny("llama")
+    ids = torch.randint(0, 96, (2, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = model(ids)
+    apply_lora(model, "all-linear", rank=4, alpha=8)
+    randomize_adapters(model)
+    with torch.no_grad():
+        adapted = model(ids)
+        assert (adapted - base).abs().max() > 1e-3  # the adapters change the output
+        with adapters_disabled(model):
+            torch.testing.assert_close(model(ids), base, rtol=0, atol=1e-6)
+        torch.testing.assert_close(model(ids), adapted, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no LoRA layers"):
+        with adapters_disabled(tiny("gpt2")):
+            pass
