@@ -1,3 +1,3 @@
-"""lmforge: train, adapt, align, evaluate and serve transformer language models."""
+"""lmforge: pretrain, fine-tune, evaluate and serve transformer language models."""
 
 __version__ = "0.1.0"
