@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lmforge.core.config import ModelConfig
+from lmforge.model.heads import SCORE_NAME, ScalarHeadModel
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -128,6 +129,9 @@ def load_pretrained(folder: str | os.PathLike, dtype: torch.dtype | None = torch
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist")
     raw = read_config(folder)
+    if is_sequence_classifier(raw):
+        raise ValueError(f"{folder} holds a sequence classifier (a reward model), not a language model; "
+                         "load it with lmforge.io.hf.load_sequence_classifier (or `lmforge rm score`)")
     config = config_from_hf(raw, str(folder / "config.json"))
     tensors = read_safetensors(folder)
     if config.family == "gpt2":
@@ -210,3 +214,71 @@ def save_pretrained(model: Transformer, tokenizer: Tokenizer | None, folder: str
         tokenizer.save(folder)
         generation = {"bos_token_id": tokenizer.bos_id, "eos_token_id": sorted(tokenizer.eos_ids)}
         (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence classifiers (reward models): Hugging Face's ...ForSequenceClassification layout
+# --------------------------------------------------------------------------------------------
+def is_sequence_classifier(raw_config: dict[str, Any]) -> bool:
+    architectures = raw_config.get("architectures") or []
+    return isinstance(architectures, list) and any(str(a).endswith("ForSequenceClassification") for a in architectures)
+
+
+def save_sequence_classifier(model: ScalarHeadModel, tokenizer: Tokenizer | None, folder: str | os.PathLike,
+                             pad_id: int | None) -> None:
+    """Write a scalar-head model as `LlamaForSequenceClassification` (or Qwen2/GPT2): the backbone
+    under its own names, the head as `score.weight`, `num_labels` 1, `pad_token_id` = `pad_id`
+    (where the score is read: the last token that is not `pad_id`). No `lm_head`: the classifier
+    layout has none."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    base = model.base
+    dtype = base.embedding.weight.dtype
+    data = hf_config(base.config, tokenizer, dtype)
+    data["architectures"] = [data["architectures"][0].replace("ForCausalLM", "ForSequenceClassification")
+                             .replace("LMHeadModel", "ForSequenceClassification")]
+    data["id2label"], data["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+    data["pad_token_id"] = pad_id
+    tensors = {k: v for k, v in hf_state_dict(base).items() if k != "lm_head.weight"}
+    tensors[f"{SCORE_NAME}.weight"] = model.score.weight.detach().to(dtype).contiguous().cpu()
+    (folder / "config.json").write_text(json.dumps(data, indent=2) + "\n")
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder)
+
+
+def load_sequence_classifier(folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32,
+                             device: str | torch.device = "cpu") -> tuple[ScalarHeadModel, Tokenizer | None, int | None]:
+    """(model, tokenizer or None, pad id) from a one-label sequence-classification folder, ours or
+    Hugging Face's. An untied family's output head is not part of the layout; it is left at zero."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model folder {folder} does not exist")
+    raw = read_config(folder)
+    where = str(folder / "config.json")
+    if not is_sequence_classifier(raw):
+        raise ValueError(f"{where}: not a sequence classifier (architectures {raw.get('architectures')!r})")
+    labels = raw.get("id2label")
+    if raw.get("num_labels", 1) != 1 or (isinstance(labels, dict) and len(labels) != 1):
+        raise ValueError(f"{where}: a reward model has one label (num_labels 1), this one has {len(labels or {})}")
+    config = config_from_hf(raw, where)
+    tensors = read_safetensors(folder)
+    if config.family == "gpt2":
+        tensors = normalise_gpt2_names(tensors)  # prefixes 'transformer.' to every name, score included
+        tensors = {k.removeprefix("transformer.") if k.endswith(f"{SCORE_NAME}.weight") else k: v for k, v in tensors.items()}
+    score = tensors.pop(f"{SCORE_NAME}.weight", None)
+    if score is None or tuple(score.shape) != (1, config.dim):
+        found = None if score is None else list(score.shape)
+        raise ValueError(f"{folder}: needs a {SCORE_NAME}.weight of shape [1, {config.dim}], found {found}")
+    if not config.tie_embeddings and "lm_head.weight" not in tensors:
+        tensors["lm_head.weight"] = torch.zeros(config.vocab_size, config.dim, dtype=score.dtype)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+        score = score.to(dtype)
+    base = Transformer.from_state_dict(config, tensors, device=device)
+    head = torch.nn.Linear(config.dim, 1, bias=False, device=device, dtype=score.dtype)
+    with torch.no_grad():
+        head.weight.copy_(score)
+    tokenizer = Tokenizer.from_folder(folder) if (folder / "tokenizer.json").is_file() else None
+    pad = raw.get("pad_token_id")
+    return ScalarHeadModel(base, head).eval(), tokenizer, int(pad) if isinstance(pad, int) else None

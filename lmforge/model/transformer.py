@@ -327,6 +327,7 @@ class Transformer(nn.Module):
         segment_ids: torch.Tensor | None = None,  # without a cache: [B, T] int, documents packed in a row
         last_only: bool = False,  # compute logits only for the final position (prefill)
         logits_at: torch.Tensor | None = None,  # [B] compute logits only at this position of each row
+        head: bool = True,  # False: return the final hidden states [B, T, D] (heads over the backbone, model/heads.py)
     ) -> torch.Tensor:  # [B, T, V] (or [B, 1, V] with last_only / logits_at)
         """Logits of every position. `segment_ids` marks the documents packed into each row (equal ids
         next to each other): a token attends only within its document, and positions restart at each
@@ -367,6 +368,8 @@ class Transformer(nn.Module):
         inputs = AttentionInputs(starts=starts, positions=positions, uniform=uniform, end=end, mask=mask,
                                  cache=cache, first_row=first_row)
         hidden = self.backbone(ids, positions, inputs)  # [B, T, D]
+        if not head:
+            return hidden
         if last_only:
             hidden = hidden[:, -1:]
         elif logits_at is not None:  # right-padded prefill: each row's last real token
