@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from lmforge.cli.common import add_model_flags, load_from_args
+from lmforge.data.hub import is_repo_id
 from lmforge.io.registry import NAMED_MODELS
 
 
@@ -37,7 +38,10 @@ def model_id(args: argparse.Namespace) -> str:
     if args.model_name:
         return args.model_name
     text = str(args.model)
-    return text.lower() if text.lower() in NAMED_MODELS else Path(text).expanduser().name
+    if text.lower() in NAMED_MODELS:
+        return text.lower()
+    path = Path(text).expanduser()
+    return text if is_repo_id(text) and not path.exists() else path.name  # a hub id stays whole, as OpenAI's ids
 
 
 def run(args: argparse.Namespace) -> int:

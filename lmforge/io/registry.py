@@ -1,4 +1,6 @@
-"""Resolve `--model` values: a known name, a GGUF file or a Hugging Face / checkpoint folder."""
+"""Resolve `--model` values: a known name, a GGUF file, a Hugging Face / checkpoint folder, or a
+Hugging Face repository id ("HuggingFaceTB/SmolLM2-135M-Instruct") served from huggingface_hub's
+cache (downloaded when it is not cached and the machine is online; see lmforge.data.hub)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from lmforge.data.hub import hub_snapshot, is_repo_id
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -35,6 +38,10 @@ NAMED_MODELS = {
     )
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# A Hugging Face model folder as lmforge reads it: what must be there, and all that is fetched
+# (config, weights, tokenizer, chat template; no other weight formats).
+HUB_MODEL_NEEDS = ("config.json", "*.safetensors", "tokenizer.json")
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.jinja")
 
 
 def named_model_path(name: str) -> Path:
@@ -50,15 +57,20 @@ def named_model_path(name: str) -> Path:
 
 
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """Path of the model file or folder that `name_or_path` refers to."""
+    """Path of the model file or folder that `name_or_path` refers to: a known name, an existing
+    file or folder, else a Hugging Face repository id (owner/name) resolved through the hub cache."""
     text = str(name_or_path)
     if text.lower() in NAMED_MODELS:
         return named_model_path(text.lower())
     path = Path(text).expanduser()
     if path.exists():
         return path
+    if is_repo_id(text):
+        return hub_snapshot(text, "model", need=HUB_MODEL_NEEDS, allow_patterns=HUB_MODEL_FILES,
+                            hint="(or pass a local file or folder)")
     known = ", ".join(sorted(NAMED_MODELS))
-    raise FileNotFoundError(f"model {text!r} is neither a known name ({known}) nor an existing GGUF file or model folder")
+    raise FileNotFoundError(f"model {text!r} is neither a known name ({known}), an existing GGUF file or model "
+                            "folder, nor a Hugging Face repository id (owner/name)")
 
 
 def is_gguf(path: Path) -> bool:
