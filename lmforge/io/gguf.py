@@ -19,8 +19,9 @@ from lmforge.io.gguf_validate import validate_gguf
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
-# Quantization types we dequantize (the gguf package's numpy kernels do the arithmetic).
-SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q8_K", "Q2_K", "Q3_K"}
+# Quantization types we dequantize (the gguf package's numpy kernels do the arithmetic; it has none
+# for Q8_K, which llama.cpp only uses inside its dot products, never in files).
+SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K"}
 
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}
 
