@@ -21,13 +21,6 @@ from lmforge.cli.common import add_model_flags, load_from_args
 from lmforge.core.files import write_text_atomically
 
 
-def default_data_dir() -> Path:
-    """../shared/data beside the repository root (a source checkout), else relative to the current folder."""
-    repo_root = Path(__file__).resolve().parents[2]
-    beside_repo = repo_root.parent / "shared" / "data"
-    return beside_repo if beside_repo.is_dir() else Path("../shared/data")
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="evaluate a model on a benchmark (zero/few-shot, chat, chain-of-thought, perplexity)",
@@ -45,7 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--system", default=None, help="system prompt (with --chat)")
     parser.add_argument("--seed", type=int, default=1234, help="few-shot selection seed (default 1234)")
     parser.add_argument("--data", type=Path, default=None,
-                        help="folder holding arc/ and gsm8k/ (default ../shared/data next to the repository root)")
+                        help="a folder of jsonl files: arc/ARC-Easy-validation.jsonl, arc/ARC-Challenge-test.jsonl, "
+                             "gsm8k/test.jsonl ... (default: the Hugging Face datasets allenai/ai2_arc and openai/gsm8k "
+                             "from the hub cache, downloaded when online)")
     parser.add_argument("--split", default=None, help="data split to evaluate (default validation for ARC, test for GSM8K)")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per scoring batch / sequences per generation batch")
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="scoring: rows x padded length per batch")
@@ -132,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         max_new_tokens=args.max_new_tokens, max_len=args.max_len, stride=args.stride,
                         keep_samples=not args.no_samples)
-    task = load_task(args.task, args.data or default_data_dir(), split=args.split, seed=args.seed)  # data errors before the model loads
+    task = load_task(args.task, args.data, split=args.split, seed=args.seed)  # data errors before the model loads
     if args.chat and task.kind == "perplexity":
         raise ValueError("--chat does not apply to perplexity tasks")
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """lmforge.eval (layer 5): tasks, k-shot prompts, metrics, answer extraction, reports.
 
     from lmforge.eval import EvalConfig, evaluate, load_task
-    results = evaluate(model, tokenizer, load_task("arc_easy", Path("../shared/data")), EvalConfig(shots=(0, 5)))
+    results = evaluate(model, tokenizer, load_task("arc_easy"), EvalConfig(shots=(0, 5)))
 
 Imports reach down to infer (scoring, engine), model, tokenizer, io and core; never train.
 The lm-evaluation-harness adapter lives in `lmforge.eval.harness` and imports lm_eval lazily.

@@ -10,8 +10,10 @@ A `Task` is frozen data: the documents to evaluate, a pool to draw few-shot exam
 * perplexity: log-likelihood of whole texts; perplexity and bits per byte.
 
 Built-in tasks (see `load_task`):
-  arc_easy, arc_challenge   AI2 ARC in the Hugging Face jsonl layout: {data}/arc/ARC-Easy-{split}.jsonl
-  gsm8k                     grade-school maths, {data}/gsm8k/{train,test}.jsonl
+  arc_easy, arc_challenge   AI2 ARC: the hub dataset allenai/ai2_arc (configs ARC-Easy, ARC-Challenge) from
+                            the Hugging Face cache, or with a data folder {data}/arc/ARC-Easy-{split}.jsonl
+  gsm8k                     grade-school maths: openai/gsm8k (config main) from the Hugging Face cache,
+                            or {data}/gsm8k/{train,test}.jsonl
   icl                       generated in-context-learning probe (see `icl_probe_task`)
   ppl:PATH                  perplexity / bits per byte of a text file (.txt) or a jsonl with "text"
   jsonl:PATH                a user task (schema in `jsonl_task`)
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from lmforge.data.hub import hub_files, read_parquet_records
 from lmforge.data.readers import parse_json_object
 from lmforge.eval.extract import gsm8k_reference_answer
 
@@ -116,12 +119,49 @@ def _need_file(path: Path, what: str) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
+    return [row for _, row in read_records(path)]
+
+
+def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) for every record of a .jsonl file (where = file:line) or a .parquet file (file:row)."""
+    if path.suffix == ".parquet":
+        return [(f"{path}:row {number}", row) for number, row in enumerate(read_parquet_records(path), 1)]
+    records = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
-                rows.append(parse_json_object(line, f"{path}:{number}"))
-    return rows
+                records.append((f"{path}:{number}", parse_json_object(line, f"{path}:{number}")))
+    return records
+
+
+# --------------------------------------------------------------------------------------------
+# Benchmark data: a local folder (--data) or a dataset in the Hugging Face hub cache
+# --------------------------------------------------------------------------------------------
+ARC_REPO = "allenai/ai2_arc"  # configs ARC-Easy and ARC-Challenge: {config}/{split}-*.parquet
+GSM8K_REPO = "openai/gsm8k"  # config main: main/{split}-*.parquet
+_DATA_HINT = "(or pass --data DIR, a folder with arc/ARC-Easy-validation.jsonl, gsm8k/test.jsonl ...)"
+
+
+def split_files(data_dir: Path | None, local: str, repo: str, pattern: str, what: str) -> list[Path]:
+    """The files of one split: `data_dir/local` (a jsonl file) when a data folder is given, else the
+    parquet files matching `pattern` in the hub dataset `repo` (cached, or downloaded when online)."""
+    if data_dir is not None:
+        return [_need_file(data_dir / local, what)]
+    return hub_files(repo, pattern, "dataset", hint=_DATA_HINT)
+
+
+def fewshot_files(data_dir: Path | None, local: str, repo: str, pattern: str) -> list[Path]:
+    """The train split's files for few-shot examples; none when they are not there (0-shot still works)."""
+    if data_dir is not None:
+        return [data_dir / local] if (data_dir / local).is_file() else []
+    try:
+        return hub_files(repo, pattern, "dataset")
+    except FileNotFoundError:
+        return []
+
+
+def _source(data_dir: Path | None, folder: str, repo: str, config: str) -> str:
+    return str(data_dir / folder) if data_dir is not None else f"{repo} ({config})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,24 +169,30 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 def arc_docs(path: Path) -> list[Doc]:
     docs = []
-    for number, row in enumerate(read_jsonl(path), 1):
+    for number, (where, row) in enumerate(read_records(path), 1):
         try:
             labels, texts = list(row["choices"]["label"]), list(row["choices"]["text"])
             gold = labels.index(row["answerKey"])
             docs.append(Doc(id=str(row.get("id", number)), question=str(row["question"]), choices=tuple(map(str, texts)), gold=gold))
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}:{number}: not an ARC record ({type(error).__name__}: {error})") from None
+            raise ValueError(f"{where}: not an ARC record ({type(error).__name__}: {error})") from None
     return docs
 
 
-def arc_task(data_dir: Path, subset: str = "ARC-Easy", split: str = "validation") -> Task:
-    """ARC as lm-evaluation-harness scores it: "Question: {q}\\nAnswer:" + " {choice}"."""
-    folder = data_dir / "arc"
-    docs = arc_docs(_need_file(folder / f"{subset}-{split}.jsonl", f"{subset} {split} split"))
-    train = folder / f"{subset}-train.jsonl"
-    pool = arc_docs(train) if train.is_file() and split != "train" else []
+def arc_task(data_dir: Path | None = None, subset: str = "ARC-Easy", split: str = "validation") -> Task:
+    """ARC as lm-evaluation-harness scores it: "Question: {q}\\nAnswer:" + " {choice}".
+
+    Read from `data_dir`/arc/{subset}-{split}.jsonl, or (data_dir None) from the hub dataset
+    allenai/ai2_arc in the Hugging Face cache."""
+    files = split_files(data_dir, f"arc/{subset}-{split}.jsonl", ARC_REPO, f"{subset}/{split}-*.parquet",
+                        f"{subset} {split} split")
+    docs = [doc for path in files for doc in arc_docs(path)]
+    pool = [] if split == "train" else [
+        doc for path in fewshot_files(data_dir, f"arc/{subset}-train.jsonl", ARC_REPO, f"{subset}/train-*.parquet")
+        for doc in arc_docs(path)]
     return Task(name=subset.lower().replace("-", "_"), kind="multiple_choice", docs=tuple(docs), fewshot_pool=tuple(pool),
-                description=f"AI2 {subset} ({split}), log-likelihood of each answer", chance=0.25, source=str(folder))
+                description=f"AI2 {subset} ({split}), log-likelihood of each answer", chance=0.25,
+                source=_source(data_dir, "arc", ARC_REPO, subset))
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,27 +215,31 @@ def gsm8k_rationale(solution: str) -> str:
     return " ".join(line for line in lines if line and not line.startswith("####"))
 
 
-def gsm8k_docs(path: Path) -> list[Doc]:
+def gsm8k_docs(path: Path, id_prefix: str | None = None) -> list[Doc]:
+    """GSM8K records; a record without an "id" gets `{id_prefix}-{number}` (default prefix: the file's stem)."""
     docs = []
-    for number, row in enumerate(read_jsonl(path), 1):
+    for number, (where, row) in enumerate(read_records(path), 1):
         question, solution = row.get("question"), row.get("answer")
         if not isinstance(question, str) or not isinstance(solution, str):
-            raise ValueError(f"{path}:{number}: a GSM8K record needs string 'question' and 'answer'")
+            raise ValueError(f"{where}: a GSM8K record needs string 'question' and 'answer'")
         answer = gsm8k_reference_answer(solution)
         if answer is None:
-            raise ValueError(f"{path}:{number}: the reference solution has no '#### <answer>' line")
-        docs.append(Doc(id=str(row.get("id", f"{path.stem}-{number}")), question=question, answer=answer,
+            raise ValueError(f"{where}: the reference solution has no '#### <answer>' line")
+        docs.append(Doc(id=str(row.get("id", f"{id_prefix or path.stem}-{number}")), question=question, answer=answer,
                         rationale=gsm8k_rationale(solution)))
     return docs
 
 
-def gsm8k_task(data_dir: Path, split: str = "test") -> Task:
-    folder = data_dir / "gsm8k"
-    docs = gsm8k_docs(_need_file(folder / f"{split}.jsonl", f"GSM8K {split} split"))
-    train = folder / "train.jsonl"
-    pool = gsm8k_docs(train) if train.is_file() and split != "train" else []
+def gsm8k_task(data_dir: Path | None = None, split: str = "test") -> Task:
+    """GSM8K from `data_dir`/gsm8k/{split}.jsonl, or (data_dir None) from the hub dataset openai/gsm8k
+    (config main) in the Hugging Face cache."""
+    files = split_files(data_dir, f"gsm8k/{split}.jsonl", GSM8K_REPO, f"main/{split}-*.parquet", f"GSM8K {split} split")
+    docs = [doc for path in files for doc in gsm8k_docs(path, split if len(files) == 1 else None)]
+    train = fewshot_files(data_dir, "gsm8k/train.jsonl", GSM8K_REPO, "main/train-*.parquet") if split != "train" else []
+    pool = [doc for path in train for doc in gsm8k_docs(path, "train" if len(train) == 1 else None)]
     return Task(name="gsm8k", kind="generation", docs=tuple(docs), fewshot_pool=tuple(pool), prompt=GSM8K_PROMPT,
-                description=f"GSM8K ({split}), generated answer vs the reference number", chance=0.0, source=str(folder))
+                description=f"GSM8K ({split}), generated answer vs the reference number", chance=0.0,
+                source=_source(data_dir, "gsm8k", GSM8K_REPO, "main"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,8 +401,9 @@ def jsonl_task(path: Path) -> Task:
 BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", "ppl:PATH", "jsonl:PATH")
 
 
-def load_task(spec: str, data_dir: Path, *, split: str | None = None, seed: int = 0) -> Task:
-    """A task from its name (see module docstring). `split` picks the evaluated split of data sets."""
+def load_task(spec: str, data_dir: Path | None = None, *, split: str | None = None, seed: int = 0) -> Task:
+    """A task from its name (see module docstring). `split` picks the evaluated split of data sets;
+    `data_dir` is a folder of jsonl files for ARC and GSM8K (None: the Hugging Face hub cache)."""
     if spec.startswith("ppl:"):
         return text_task(Path(spec[4:]).expanduser())
     if spec.startswith("jsonl:"):

@@ -39,6 +39,95 @@ def test_missing_data_names_the_path(tmp_path):
         load_task("mmlu", tmp_path)
 
 
+def _parquet(rows) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+def _rows(path, n):
+    return [json.loads(line) for line in path.read_text().splitlines()[:n]]
+
+
+def _fixture_folder(tmp_path, files):
+    """A --data folder holding the given jsonl rows (the same rows the hub cache gets as parquet)."""
+    for name, rows in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(tmp_path / name, rows)
+    return tmp_path
+
+
+def test_arc_loads_from_the_hub_cache_by_dataset_id(hub_cache, shared_data, tmp_path):
+    """allenai/ai2_arc as `hf download` or `datasets` leave it: {config}/{split}-*.parquet in the hub cache."""
+    easy_val, easy_train = _rows(shared_data / "arc" / "ARC-Easy-validation.jsonl", 40), \
+        _rows(shared_data / "arc" / "ARC-Easy-train.jsonl", 30)
+    challenge = [dict(row, id=f"challenge-{i}") for i, row in enumerate(easy_val[:12])]  # stand-in rows
+    hub_cache.add("allenai/ai2_arc", {
+        "ARC-Easy/validation-00000-of-00001.parquet": _parquet(easy_val),
+        "ARC-Easy/train-00000-of-00001.parquet": _parquet(easy_train),
+        "ARC-Challenge/test-00000-of-00001.parquet": _parquet(challenge),
+        "README.md": b"---\ndataset_info: ...\n---\n",
+    }, repo_type="dataset")
+    local = _fixture_folder(tmp_path, {"arc/ARC-Easy-validation.jsonl": easy_val, "arc/ARC-Easy-train.jsonl": easy_train,
+                                       "arc/ARC-Challenge-test.jsonl": challenge})
+    from_hub, from_folder = load_task("arc_easy"), load_task("arc_easy", local)
+    assert len(from_hub.docs) == 40 and len(from_hub.fewshot_pool) == 30
+    assert from_hub.docs == from_folder.docs and from_hub.fewshot_pool == from_folder.fewshot_pool
+    assert from_hub.source == "allenai/ai2_arc (ARC-Easy)" and from_folder.source == str(local / "arc")
+    assert from_hub.docs[0].question == easy_val[0]["question"]
+    assert easy_val[0]["choices"]["label"][from_hub.docs[0].gold] == easy_val[0]["answerKey"]
+    hard = load_task("arc_challenge", split="test")
+    assert hard.name == "arc_challenge" and hard.docs == load_task("arc_challenge", local, split="test").docs
+    assert hard.fewshot_pool == ()  # no ARC-Challenge train split cached: 0-shot only
+    # The validation split of ARC-Challenge is not cached: one line naming what is missing and how to fetch it.
+    with pytest.raises(FileNotFoundError) as error:
+        load_task("arc_challenge")
+    message = str(error.value)
+    assert "\n" not in message and "has no ARC-Challenge/validation-*.parquet" in message
+    assert "hf download allenai/ai2_arc --repo-type dataset" in message and "--data DIR" in message
+
+
+def test_gsm8k_loads_from_the_hub_cache_by_dataset_id(hub_cache, shared_data, tmp_path):
+    test, train = _rows(shared_data / "gsm8k" / "test.jsonl", 25), _rows(shared_data / "gsm8k" / "train.jsonl", 15)
+    hub_cache.add("openai/gsm8k", {"main/test-00000-of-00001.parquet": _parquet(test),
+                                   "main/train-00000-of-00001.parquet": _parquet(train)}, repo_type="dataset")
+    local = _fixture_folder(tmp_path, {"gsm8k/test.jsonl": test, "gsm8k/train.jsonl": train})
+    from_hub, from_folder = load_task("gsm8k"), load_task("gsm8k", local)
+    assert len(from_hub.docs) == 25 and len(from_hub.fewshot_pool) == 15
+    # The same documents and ids, so --seed picks the same shots whichever way the data came.
+    assert from_hub.docs == from_folder.docs and from_hub.fewshot_pool == from_folder.fewshot_pool
+    assert from_hub.docs[0].answer == "18" and from_hub.docs[0].id == "test-1"
+
+
+def test_benchmarks_without_data_are_one_clear_line(hub_cache, capsys):
+    """Nothing cached and offline: the error names the dataset and the command that fetches it."""
+    from lmforge.cli.main import main
+
+    for task, repo in (("arc_challenge", "allenai/ai2_arc"), ("arc_easy", "allenai/ai2_arc"), ("gsm8k", "openai/gsm8k")):
+        with pytest.raises(FileNotFoundError) as error:
+            load_task(task)
+        assert "\n" not in str(error.value)
+        assert f"dataset {repo!r} is not in the Hugging Face cache" in str(error.value)
+        assert f"fetch it with: hf download {repo} --repo-type dataset (or pass --data DIR" in str(error.value)
+    assert main(["eval", "--task", "arc_challenge"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("lmforge: error: dataset 'allenai/ai2_arc' is not in the Hugging Face cache")
+
+
+def test_a_bad_parquet_record_names_the_file_and_row(hub_cache):
+    hub_cache.add("openai/gsm8k", {"main/test-00000-of-00001.parquet": _parquet([
+        {"question": "1+1?", "answer": "2\n#### 2"}, {"question": "2+2?", "answer": "no final line"}])},
+        repo_type="dataset")
+    with pytest.raises(ValueError, match=r"test-00000-of-00001\.parquet:row 2: the reference solution has no"):
+        load_task("gsm8k")
+
+
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
