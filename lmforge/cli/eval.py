@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.cli.common import add_model_flags, load_from_args
+from lmforge.core.progress import ProgressDisplay
 from lmforge.core.files import write_text_atomically
 
 
@@ -65,32 +66,6 @@ def parse_shots(text: str) -> tuple[int, ...]:
     if not shots or any(k < 0 for k in shots):
         raise ValueError(f"--shots must be non-negative integers, got {text!r}")
     return tuple(dict.fromkeys(shots))
-
-
-class RichProgress:
-    """A rich progress bar per evaluation pass (on stderr, so --json - style piping stays clean)."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
-        self._task = None
-
-    def __enter__(self) -> "RichProgress":
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.stop()
-
-    def start(self, description: str, total: int) -> None:
-        self._task = self._progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
 
 
 def _format(value: Any) -> str:
@@ -141,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             text = (describe_prompt(chat_messages(task, task.docs[0], picked, args.cot, args.system)) if args.chat
                     else plain_prompt(task, task.docs[0], picked, args.cot))
             print(f"--- prompt of the first item, {k} shots ---\n{text}\n---", file=sys.stderr)
-    with RichProgress() as progress:
+    with ProgressDisplay(stream=sys.stderr) as progress:  # stderr: a piped stdout gets the results only
         results = evaluate(model, tokenizer, task, config, progress)
     results["model"] = args.model
     results["dtype"] = args.dtype

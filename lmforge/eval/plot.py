@@ -1,4 +1,4 @@
-"""Accuracy against the number of shots, as a PNG."""
+"""Accuracy against the number of shots, as a PNG (a standalone Figure: see `lmforge.core.plotting`)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from lmforge.core.files import replace_atomically
+from lmforge.core.plotting import new_figure, save_figure
 
 __all__ = ["plot_accuracy_vs_shots"]
 
@@ -17,16 +17,11 @@ def plot_accuracy_vs_shots(results: dict[str, Any], path: str | Path, title: str
     `results` is what `lmforge.eval.runner.evaluate` returns. Error bars are one standard error;
     the dashed line is chance.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = sorted(results["runs"], key=lambda r: r["shots"])
     metric = results.get("primary_metric", "acc")
     shots = [r["shots"] for r in runs]
     series = [metric] + (["acc_norm"] if results.get("kind") == "multiple_choice" else [])
-    figure, axes = plt.subplots(figsize=(6, 4), dpi=120)
+    figure, axes = new_figure(6, 4, dpi=120)
     for number, name in enumerate(series):
         values = [r["metrics"].get(name, math.nan) for r in runs]
         errors = [r["metrics"].get(f"{name}_stderr", 0.0) for r in runs]
@@ -48,8 +43,4 @@ def plot_accuracy_vs_shots(results: dict[str, Any], path: str | Path, title: str
     axes.legend(loc="lower right", fontsize=8)
     model = results.get("model")
     axes.set_title(title or f"{results['task']}" + (f" - {model}" if model else ""), fontsize=10)
-    figure.tight_layout()
-    try:
-        return replace_atomically(path, figure.savefig)
-    finally:
-        plt.close(figure)
+    return save_figure(figure, path)

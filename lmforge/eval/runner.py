@@ -14,8 +14,9 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
+from lmforge.core.progress import ProgressDisplay
 from lmforge.eval.extract import exact_match, extract_answer, is_number, numeric_match
 from lmforge.eval.prompts import (
     chat_messages,
@@ -33,7 +34,7 @@ from lmforge.infer.scoring import rolling_windows, score_continuations, score_ro
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
-__all__ = ["EvalConfig", "Progress", "evaluate", "primary_metric"]
+__all__ = ["EvalConfig", "evaluate", "primary_metric"]
 
 RESULTS_VERSION = 1
 
@@ -72,22 +73,6 @@ class EvalConfig:
             raise ValueError("invalid eval config: " + "; ".join(problems))
 
 
-class Progress(Protocol):
-    """Where long work reports how far it got (the CLI passes a rich progress bar)."""
-
-    def start(self, description: str, total: int) -> None: ...
-
-    def advance(self, n: int = 1) -> None: ...
-
-
-class _Silent:
-    def start(self, description: str, total: int) -> None:
-        pass
-
-    def advance(self, n: int = 1) -> None:
-        pass
-
-
 def primary_metric(kind: str, metrics: dict[str, Any]) -> str:
     """The headline metric of a run: acc (multiple choice), accuracy (generation: numeric answers
     compared by value, text answers by exact match, over every document) or bits_per_byte."""
@@ -110,9 +95,9 @@ def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig = EvalConfig(),
-             progress: Progress | None = None) -> dict[str, Any]:
-    """Evaluate `task` once per entry of `config.shots`."""
-    progress = progress or _Silent()
+             progress: ProgressDisplay | None = None) -> dict[str, Any]:
+    """Evaluate `task` once per entry of `config.shots`; `progress` shows a bar per pass."""
+    progress = progress or ProgressDisplay(enabled=False)
     if config.cot and task.kind != "generation":
         raise ValueError(f"--cot applies to generation tasks; {task.name} is scored by {task.kind.replace('_', ' ')}")
     if task.kind == "perplexity" and config.shots != (0,):
@@ -156,14 +141,14 @@ def _example_prompt(task: Task, k: int, config: EvalConfig) -> str:
 
 
 def _multiple_choice(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
-                     progress: Progress) -> dict[str, Any]:
+                     progress: ProgressDisplay) -> dict[str, Any]:
     requests, spans = [], []
     for index, doc in enumerate(task.docs):
         pairs = encode_choices(tokenizer, task, doc, select_shots(task, index, k, config.seed), chat=config.chat,
                                system=config.system)
         spans.append((len(requests), len(pairs)))
         requests.extend(pairs)
-    progress.start(f"{task.name} {k}-shot", len(requests))
+    progress.start(f"{task.name} {k}-shot", len(requests), counted=True)
     scores = score_continuations(model, requests, batch_size=config.batch_size, max_batch_tokens=config.max_batch_tokens,
                                  progress=progress.advance)
     correct, correct_norm, samples = [], [], []
@@ -185,7 +170,7 @@ def _multiple_choice(model: Transformer, tokenizer: Tokenizer, task: Task, k: in
 
 
 def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
-                progress: Progress) -> dict[str, Any]:
+                progress: ProgressDisplay) -> dict[str, Any]:
     budget = model.config.max_seq_len - config.max_new_tokens
     if budget < 1:
         raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "
@@ -200,7 +185,7 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
     # Plain prompts stop where the model starts inventing the next question; chat stops at end of turn.
     params = SamplingParams(max_new_tokens=config.max_new_tokens, stop=() if config.chat else task.prompt.stop)
     engine = Engine(model, tokenizer, max_batch_size=config.batch_size)
-    progress.start(f"{task.name} {k}-shot{' CoT' if config.cot else ''}", len(prompts))
+    progress.start(f"{task.name} {k}-shot{' CoT' if config.cot else ''}", len(prompts), counted=True)
     completions = engine.generate(prompts, params, on_finish=progress.advance)
     correct, exact, numeric, found, samples = [], [], [], [], []
     for doc, completion in zip(task.docs, completions):
@@ -228,7 +213,7 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
 
 
 def _perplexity(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig,
-                progress: Progress) -> dict[str, Any]:
+                progress: ProgressDisplay) -> dict[str, Any]:
     prefix = prefix_token_id(tokenizer)
     window = min(config.max_len or model.config.max_seq_len, model.config.max_seq_len)
     documents, n_bytes, n_words = [], 0, 0
@@ -250,7 +235,7 @@ def _perplexity(model: Transformer, tokenizer: Tokenizer, task: Task, config: Ev
         if remaining is not None:
             remaining -= len(ids)
     windows = sum(len(rolling_windows(ids, window, config.stride, prefix)) for ids in documents)
-    progress.start(f"{task.name} perplexity", windows)
+    progress.start(f"{task.name} perplexity", windows, counted=True)
     scores = score_rolling(model, documents, prefix_id=prefix, max_len=window, stride=config.stride,
                            batch_size=config.batch_size, max_batch_tokens=config.max_batch_tokens,
                            progress=progress.advance)

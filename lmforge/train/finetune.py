@@ -44,7 +44,8 @@ from lmforge.tokenizer.train import token_byte_lengths
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
 from lmforge.train.checkpointing import find_resume_checkpoint, restore_optimizer, restore_training_checkpoint, save_training_checkpoint
-from lmforge.train.metrics import MetricsLog, ProgressDisplay, plot_metrics
+from lmforge.core.progress import ProgressDisplay
+from lmforge.train.metrics import MetricsLog, plot_metrics, progress_line
 from lmforge.train.precision import autocast
 from lmforge.train.reproducibility import seed_everything, set_deterministic, set_rng_state
 from lmforge.train.signals import StopSignals, TrainClock
@@ -229,7 +230,8 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
     seed_everything(config.seed)
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    display = ProgressDisplay(enabled=show_progress, description=f"finetune ({config.method})")
+    display = ProgressDisplay(enabled=show_progress)
+    display.start(f"finetune ({config.method})")
     model, tokenizer = load_model(config.model, dtype=torch.float32, device=dist.device)
     if tokenizer.pad_id is None and tokenizer.eos_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token to pad batches with")
@@ -373,8 +375,8 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
                 metrics.log(step=step, tokens=tokens, time_s=round(train_now, 3), train_loss=loss,
                             lr=optimizer.param_groups[0]["lr"], grad_norm=grad_norm, target_tokens=target_tokens,
                             epoch=round(batches.epoch_progress, 4), tokens_per_s=round(rate, 1))
-                display.update(run_progress(config, step, batches.epoch_progress, train_now), step, loss, rate, train_now,
-                               log_line=True)
+                done = run_progress(config, step, batches.epoch_progress, train_now)
+                display.update(done, progress_line(done, step, loss, rate, train_now), log_line=True)
 
             with clock.paused():
                 if config.eval_every and step % config.eval_every == 0:

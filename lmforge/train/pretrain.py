@@ -36,7 +36,8 @@ from lmforge.train.distributed import (
     wrap_model,
 )
 from lmforge.train.checkpointing import find_resume_checkpoint, restore_optimizer, restore_training_checkpoint, save_training_checkpoint
-from lmforge.train.metrics import MetricsLog, ProgressDisplay, plot_metrics
+from lmforge.core.progress import ProgressDisplay
+from lmforge.train.metrics import MetricsLog, plot_metrics, progress_line
 from lmforge.train.precision import autocast
 from lmforge.train.reproducibility import seed_everything, set_deterministic
 from lmforge.train.signals import StopSignals, TrainClock
@@ -148,6 +149,7 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
     # ---- logging ---------------------------------------------------------------------------------
     metrics = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main, resume_step=step if resumed else None)
     display = ProgressDisplay(enabled=dist.is_main and show_progress)
+    display.start("pretrain")
     if dist.is_main:
         write_text_atomically(out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         n_params = sum(p.numel() for p in model.parameters())
@@ -230,7 +232,8 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
                 lr = optimizer.param_groups[0]["lr"]
                 metrics.log(step=step, tokens=tokens, time_s=round(train_now, 3), train_loss=loss, lr=lr,
                             grad_norm=grad_norm, tokens_per_s=round(rate, 1))
-                display.update(run_progress(config, step, tokens, train_now), step, loss, rate, train_now, log_line=True)
+                done = run_progress(config, step, tokens, train_now)
+                display.update(done, progress_line(done, step, loss, rate, train_now), log_line=True)
 
             with clock.paused():
                 eval_due = (config.eval_every and step % config.eval_every == 0) or \
