@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("chat", help="chat with a model (interactive, or one-shot with --prompt)")
     add_model_flags(parser)
     add_sampling_flags(parser, max_new_tokens=512)
-    parser.add_argument("--prompt", default=None, help="ask one question, print the answer and exit")
-    parser.add_argument("--system", default=None, help="system prompt")
+    parser.add_argument("--prompt", default=None, help="ask one question, print the answer and exit (default: none, an interactive chat)")
+    parser.add_argument("--system", default=None, help="system prompt (default: none)")
     parser.set_defaults(func=run)
 
 

@@ -1,4 +1,4 @@
-"""Flags shared by several verbs: model selection and sampling."""
+"""Flags shared by several verbs (model selection and sampling) and the parser every verb uses."""
 
 from __future__ import annotations
 
@@ -11,23 +11,56 @@ from lmforge.infer.sampling import SamplingParams
 from lmforge.io.registry import DEFAULT_MODEL, load_model
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help shows its default: a text that does not mention one gets "(default X)".
+
+    Options whose default is None or empty say in their own words what their absence means;
+    on/off flags (store_true) are off unless given."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or not action.option_strings or action.required or action.nargs == 0
+                or default in (None, argparse.SUPPRESS) or (isinstance(default, (list, tuple)) and not default)):
+            return text
+        return f"{text} (default %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """lmforge's argument parser: `HelpFormatter` unless told otherwise. Sub-commands inherit the class
+    (argparse builds sub-parsers with the parent's class), so every verb's --help shows defaults."""
+
+    def __init__(self, *args, formatter_class: type[argparse.HelpFormatter] = HelpFormatter, **kwargs) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
+
+
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"a known name (see `lmforge models`), a GGUF file or a model folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16 (default float32)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch")
+                        help="a known name (see `lmforge models`), a GGUF file, a model folder, or a Hugging Face "
+                             "repository id such as HuggingFaceTB/SmolLM2-135M-Instruct (read from the hub cache, "
+                             f"downloaded when online and not cached) (default {DEFAULT_MODEL})")
+    parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's own choice)")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--min-p", type=float, default=None)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="most tokens to generate")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="sample among the K most likely tokens only (default: off)")
+    parser.add_argument("--top-p", type=float, default=None,
+                        help="sample among the most likely tokens whose probabilities add up to P (default: off)")
+    parser.add_argument("--min-p", type=float, default=None,
+                        help="drop tokens less likely than MIN_P times the most likely one (default: off)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="> 1 makes tokens already in the prompt or output less likely; 1 = off")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for sampling, for repeatable samples (default: none, a new draw each run)")
+    parser.add_argument("--stop", action="append", default=[],
+                        help="stop when this string appears, repeatable (default: none; the tokenizer's "
+                             "end-of-sequence tokens always stop)")
 
 
 def sampling_params(args: argparse.Namespace) -> SamplingParams:

@@ -33,10 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", required=True, help="task name or ppl:PATH / jsonl:PATH")
     parser.add_argument("--shots", default="0", help="number of few-shot examples; a list like 0,1,4,16 runs each")
     parser.add_argument("--limit", type=int, default=None,
-                        help="evaluate the first N items (perplexity: the first N tokens)")
+                        help="evaluate the first N items (perplexity: the first N tokens) (default: all)")
     parser.add_argument("--chat", action="store_true", help="build prompts with the model's chat template")
     parser.add_argument("--cot", action="store_true", help="chain-of-thought prompting (generation tasks)")
-    parser.add_argument("--system", default=None, help="system prompt (with --chat)")
+    parser.add_argument("--system", default=None, help="system prompt (with --chat) (default: none)")
     parser.add_argument("--seed", type=int, default=1234, help="few-shot selection seed (default 1234)")
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of jsonl files: arc/ARC-Easy-validation.jsonl, arc/ARC-Challenge-test.jsonl, "
@@ -48,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per answer")
     parser.add_argument("--max-len", type=int, default=None, help="perplexity window (default: the model context)")
     parser.add_argument("--stride", type=int, default=None, help="perplexity: tokens scored per window (default: window)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results (with per-item samples) here")
+    parser.add_argument("--json", type=Path, default=None, help="write the results (with per-item samples) here (default: not written)")
     parser.add_argument("--plot", type=Path, default=None,
                         help="PNG of accuracy against shots (default: next to --json / in --run-dir when several shots)")
     parser.add_argument("--run-dir", type=Path, default=None,
-                        help="a run folder: results go to RUN_DIR/eval/TASK.json (+ .png) for `lmforge report`")
+                        help="a run folder: results go to RUN_DIR/eval/TASK.json (+ .png) for `lmforge report` (default: none)")
     parser.add_argument("--no-samples", action="store_true", help="leave per-item samples out of the results")
     parser.add_argument("--show-prompt", action="store_true", help="print the first item's prompt for each shot count")
     parser.set_defaults(func=run)

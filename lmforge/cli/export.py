@@ -13,14 +13,16 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("export", help="export a model to a Hugging Face folder or a GGUF file")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="known name, GGUF file or model folder")
-    parser.add_argument("--adapter", help="PEFT/LoRA adapter folder to merge into the model first")
-    parser.add_argument("--to", required=True, choices=("hf", "gguf"), dest="target")
+    parser.add_argument("--model", default="smollm2-135m-instruct",
+                        help="known name, GGUF file, model folder or Hugging Face repository id")
+    parser.add_argument("--adapter", help="PEFT/LoRA adapter folder to merge into the model first (default: none)")
+    parser.add_argument("--to", required=True, choices=("hf", "gguf"), dest="target",
+                        help="hf: a Hugging Face folder (config.json, model.safetensors, tokenizer); gguf: one GGUF file")
     parser.add_argument("--out", required=True, help="output folder (hf) or file (gguf)")
     parser.add_argument("--type", default="f16", choices=("f32", "f16", "q8_0"), help="GGUF tensor type (default f16)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="weight dtype of a Hugging Face export (default float32)")
-    parser.add_argument("--name", help="general.name written into a GGUF file")
+    parser.add_argument("--name", help="general.name written into a GGUF file (default: 'lmforge', the family and the parameter count)")
     parser.set_defaults(func=run)
 
 

@@ -13,7 +13,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("generate", help="complete a prompt (raw text, streamed)")
     add_model_flags(parser)
     add_sampling_flags(parser, max_new_tokens=128)
-    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--prompt", required=True, help="the text to continue (no chat template)")
     parser.set_defaults(func=run)
 
 

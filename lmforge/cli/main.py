@@ -14,10 +14,11 @@ import sys
 
 import lmforge
 import lmforge.cli as cli_package
+from lmforge.cli.common import Parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lmforge", description=lmforge.__doc__)
+    parser = Parser(prog="lmforge", description=lmforge.__doc__)  # verbs inherit its help formatter
     parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli_package.__path__), key=lambda m: m.name):

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="hash: documents by content hash (default); tail: the last part of the token stream")
     parser.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet (default text)")
     parser.add_argument("--no-dedup", action="store_true", help="keep exact duplicate documents")
-    parser.add_argument("--max-bytes", type=float, default=None, help="stop after this many bytes of input text")
+    parser.add_argument("--max-bytes", type=float, default=None, help="stop after this many bytes of input text (default: all of it)")
     parser.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file (default 1e8)")
     parser.set_defaults(func=run)
 

@@ -6,12 +6,13 @@ dotted keys into the nesting (`optim.lr=3e-3`); values are read as YAML (numbers
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["apply_overrides", "read_recipe", "set_key"]
+__all__ = ["apply_overrides", "default_recipe", "read_recipe", "recipe_keys", "recipe_yaml", "set_key"]
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -53,3 +54,53 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         except ValueError as error:
             raise ValueError(f"override {item!r}: {error}") from None
     return data
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and dicts as the plain dicts and lists YAML writes."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def default_recipe(cls: type) -> dict[str, Any]:
+    """Every key of the recipe dataclass `cls` with its default (None for keys without one)."""
+    values: dict[str, Any] = {}
+    for item in dataclasses.fields(cls):
+        if item.default is not dataclasses.MISSING:
+            values[item.name] = item.default
+        elif item.default_factory is not dataclasses.MISSING:
+            values[item.name] = item.default_factory()
+        else:
+            values[item.name] = None
+    return _plain(values)
+
+
+def recipe_keys(cls: type, prefix: str = "") -> list[str]:
+    """The dotted keys of a recipe dataclass, nested sections included ("optim.lr")."""
+    keys = []
+    for name, value in default_recipe(cls).items():
+        if isinstance(value, dict):
+            keys.extend(f"{prefix}{name}.{sub}" for sub in value)
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """Sections as blocks, lists on one line (`betas: [0.9, 0.95]`)."""
+
+
+_RecipeDumper.add_representer(
+    list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=True))
+
+
+def recipe_yaml(recipe: Any, header: str = "") -> str:
+    """A recipe (a dict or a config dataclass) as YAML, keys in their declared order, after `header` comments."""
+    comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+    return comments + yaml.dump(_plain(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False,
+                                allow_unicode=True)

@@ -25,12 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-concurrency", type=int, default=8,
                         help="sequences generated at once; requests beyond that get HTTP 429 (default 8)")
     parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
-                        help="allow browser pages from ORIGIN to call the API (repeatable)")
+                        help="allow browser pages from ORIGIN to call the API, repeatable (default: none, same-origin only)")
     parser.add_argument("--model-name", default=None,
                         help="the id clients pass as `model` (default: the --model name, or the file/folder name)")
     parser.add_argument("--default-max-tokens", type=int, default=1024,
                         help="chat reply limit when a request sets no max_tokens (default 1024)")
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                        help="uvicorn's log level")
     parser.set_defaults(func=run)
 
 

@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--input", nargs="+", required=True, metavar="PATH",
                        help="files, folders, globs (.txt .md .py .jsonl .parquet) or builtin:stdlib")
     train.add_argument("--vocab-size", type=int, default=8192, help="BPE vocabulary size incl. specials (default 8192)")
-    train.add_argument("--kind", choices=KINDS, default="bpe", help="bpe (byte-level, default) or char")
+    train.add_argument("--kind", choices=KINDS, default="bpe", help="bpe (byte-level) or char (one token per character)")
     train.add_argument("--out", required=True, help="folder to write tokenizer.json into")
-    train.add_argument("--max-bytes", type=float, default=None, help="train on at most this many bytes of text")
+    train.add_argument("--max-bytes", type=float, default=None, help="train on at most this many bytes of text (default: all of it)")
     train.add_argument("--text-field", default="text", help="field holding the text in .jsonl/.parquet (default text)")
     train.set_defaults(func=run)
 
