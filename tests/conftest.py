@@ -30,6 +30,8 @@ def smollm_gguf() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
+    """A test fixture only: ../shared/data beside the checkout (ARC-Easy and GSM8K jsonl, Tiny Shakespeare).
+    lmforge itself never looks there; its benchmark data comes from the Hugging Face cache or --data."""
     if not SHARED_DATA.is_dir():
         raise RuntimeError(f"shared data folder not found at {SHARED_DATA}")
     return SHARED_DATA
