@@ -1,4 +1,4 @@
-"""Verifiable instruction tasks: generated chat data with exact answers, and an exact-match scorer.
+"""Verifiable instruction tasks: generated chat data with exact answers.
 
 Fine-tuning needs data and a measurable effect without downloads. Each task draws questions from
 a seeded random generator and knows the one right answer:
@@ -11,18 +11,19 @@ a seeded random generator and knows the one right answer:
 
 Train and held-out items never share a question: the split is decided by a hash of the question
 text, so the held-out set is the same whichever sizes or seeds are asked for.
+
+Generators only: `lmforge eval --task add` (`lmforge.eval.tasks.synthetic_task`) turns the held-out
+items into a benchmark scored by the eval runner, which is also how fine-tuning scores them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-__all__ = ["INSTRUCTION", "TASKS", "TaskItem", "accuracy", "exact_match", "extract_answer", "lenient_match", "make_items",
-           "normalize_answer", "task_names"]
+__all__ = ["INSTRUCTION", "TASKS", "TaskItem", "make_items", "task_names"]
 
 INSTRUCTION = "Answer with only the final answer."
 HELDOUT_PERCENT = 20  # share of the question space reserved for held-out items
@@ -172,49 +173,3 @@ def make_items(task: str, n: int, split: str = "train", seed: int = 0) -> list[T
     if len(items) < n:
         raise ValueError(f"task {task!r} has only {len(items)} distinct {split} questions, {n} were asked for")
     return items
-
-
-# --------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------
-_QUOTES = "\"'`“”‘’"
-
-
-def normalize_answer(text: str) -> str:
-    """Case-folded, whitespace-collapsed, without surrounding quotes or a final period."""
-    text = " ".join(text.split()).casefold()
-    for _ in range(2):
-        text = text.strip().rstrip(".").strip().strip(_QUOTES)
-    return re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)  # 1,000 -> 1000
-
-
-def exact_match(prediction: str, answer: str) -> bool:
-    """Whether the whole prediction is the answer (after `normalize_answer` on both)."""
-    return normalize_answer(prediction) == normalize_answer(answer)
-
-
-def accuracy(predictions: Iterable[str], answers: Iterable[str]) -> float:
-    pairs = list(zip(predictions, answers, strict=True))
-    return sum(exact_match(p, a) for p, a in pairs) / max(1, len(pairs))
-
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_QUOTED = re.compile(r"[\"“”'`]([^\"“”'`]+)[\"“”'`]")
-
-
-def extract_answer(text: str, answer: str) -> str:
-    """A lenient reading of a verbose reply: its last number for numeric answers, else its last
-    quoted or final word. Used only as a secondary metric, to tell format gains from skill gains."""
-    if _NUMBER.fullmatch(answer.strip()):
-        numbers = _NUMBER.findall(text)
-        return numbers[-1].replace(",", "").rstrip(".") if numbers else ""
-    quoted = _QUOTED.findall(text)
-    if quoted:
-        return quoted[-1]
-    words = re.findall(r"[\w'-]+", text)
-    return words[-1] if words else ""
-
-
-def lenient_match(prediction: str, answer: str) -> bool:
-    """Exact match, or the extracted final answer of a verbose reply matches (see `extract_answer`)."""
-    return exact_match(prediction, answer) or exact_match(extract_answer(prediction, answer), answer)

@@ -6,8 +6,10 @@ Generated answers (with or without chain-of-thought) are searched, in order, for
                                        the last such phrase wins)
   3. "\\boxed{42}"                     (LaTeX habit of maths-tuned models)
   4. the last number in the text      (fallback)
-For a non-numeric gold answer the text after the marker (up to the end of the sentence) or, failing
-that, the first line is taken instead.
+For a non-numeric gold answer the text after the marker (up to the end of the sentence), failing
+that the last quoted span ('The reversed word is "tenalp".'), failing that the first line is taken.
+`strict_match` asks more: the whole reply is the answer (what "Answer with only the final answer"
+requests).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "normalize_number",
     "normalize_text",
     "numeric_match",
+    "strict_match",
 ]
 
 _NUMBER = r"-?\d(?:[\d,]*\d)?(?:\.\d+)?|-?\.\d+"
@@ -32,6 +35,8 @@ _HASHES = re.compile(r"####\s*" + _GAP + r"(" + _NUMBER + r")")
 _ANSWER_IS = re.compile(r"(?:answer\s+is|answer\s*:)\s*" + _GAP + r"(" + _NUMBER + r")", re.IGNORECASE)
 _BOXED = re.compile(r"\\boxed\{\s*\$?\s*(" + _NUMBER + r")")
 _TEXT_MARKER = re.compile(r"(?:####|answer\s+is|answer\s*:)\s*:?\s*([^\n]+)", re.IGNORECASE)
+# "x", “x”, `x`, and 'x' where the quotes are not apostrophes inside words (it's, don't)
+_QUOTED = re.compile(r'"([^"\n]+)"|“([^”\n]+)”|`([^`\n]+)`|(?<!\w)\'([^\'\n]+)\'(?!\w)')
 
 
 def normalize_number(text: str) -> str | None:
@@ -70,7 +75,7 @@ def gsm8k_reference_answer(solution: str) -> str | None:
 
 def extract_answer(text: str, numeric: bool = True) -> tuple[str | None, str]:
     """(answer, how) from generated text; how is 'marker' (an explicit answer phrase), 'last_number',
-    'first_line' or 'none'."""
+    'quoted', 'first_line' or 'none'."""
     if numeric:
         for pattern in (_HASHES, _ANSWER_IS, _BOXED):
             found = pattern.findall(text)
@@ -84,6 +89,9 @@ def extract_answer(text: str, numeric: bool = True) -> tuple[str | None, str]:
     if found:
         answer = re.split(r"(?<=[^\d])\.(?:\s|$)", found[-1].strip() + " ")[0].strip()
         return answer, "marker"
+    quoted = _QUOTED.findall(text)
+    if quoted:
+        return next(part for part in quoted[-1] if part), "quoted"
     lines = [line.strip() for line in text.strip().split("\n") if line.strip()]
     return (lines[0], "first_line") if lines else (None, "none")
 
@@ -99,3 +107,9 @@ def numeric_match(prediction: str | None, gold: str) -> bool:
 def exact_match(prediction: str | None, gold: str) -> bool:
     """Equal after `normalize_text` (case, spacing, quotes and a final period do not count)."""
     return prediction is not None and normalize_text(prediction) == normalize_text(gold)
+
+
+def strict_match(output: str, gold: str) -> bool:
+    """The whole output is the answer: equal after `normalize_text`, or, for a numeric gold answer,
+    the output is that number ('5,200.' matches '5200'; 'The answer is 5200.' does not)."""
+    return exact_match(output, gold) or (is_number(gold) and numeric_match(output, gold))

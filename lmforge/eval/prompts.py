@@ -111,8 +111,10 @@ def plain_prompt(task: Task, doc: Doc, shots: Sequence[Doc], cot: bool = False) 
 
 def chat_messages(task: Task, doc: Doc, shots: Sequence[Doc], cot: bool = False,
                   system: str | None = None) -> list[dict[str, str]]:
-    """Shots as user/assistant turns, then the item as the final user turn."""
+    """Shots as user/assistant turns, then the item as the final user turn; `system` (default: the
+    task's own, if any) as the system message."""
     fmt = task.prompt
+    system = task.system if system is None else system
     instruction = ""
     if task.kind == "generation":
         instruction = fmt.chat_cot_instruction if cot else fmt.chat_direct_instruction

@@ -217,7 +217,7 @@ def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | N
             for run in data["runs"]:
                 metrics = run.get("metrics", {})
                 also = ", ".join(f"{k} {_number(v)}" for k, v in metrics.items()
-                                 if k in ("acc_norm", "numeric_match", "exact_match", "perplexity", "answer_marker_rate")
+                                 if k in ("acc_norm", "numeric_match", "exact_match", "strict_match", "perplexity", "answer_marker_rate")
                                  and k != metric)
                 lines.append(f"| {data.get('task')} | {data.get('model', '-')} | {mode} | {run.get('shots')} | {run.get('n')} | "
                              f"{metric} | {_number(metrics.get(metric))} | {_number(metrics.get(metric + '_stderr'))} | "

@@ -4,20 +4,24 @@
     {"lmforge_eval": 1, "task": ..., "kind": ..., "config": {...},
      "runs": [{"shots": k, "n": ..., "metrics": {...}, "wall_s": ..., "samples": [...]}, ...],
      "wall_s": ...}
-one run per requested number of shots.
+one run per requested number of shots. `task_scorer` wraps a task and a config as the
+before/after score of a fine-tuning run.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.core.files import write_text_atomically
 from lmforge.core.progress import ProgressDisplay
-from lmforge.eval.extract import exact_match, extract_answer, is_number, numeric_match
+from lmforge.eval.extract import exact_match, extract_answer, is_number, numeric_match, strict_match
 from lmforge.eval.prompts import (
     chat_messages,
     describe_prompt,
@@ -34,7 +38,7 @@ from lmforge.infer.scoring import rolling_windows, score_continuations, score_ro
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
-__all__ = ["EvalConfig", "evaluate", "primary_metric"]
+__all__ = ["EvalConfig", "evaluate", "primary_metric", "task_scorer"]
 
 RESULTS_VERSION = 1
 
@@ -74,8 +78,11 @@ class EvalConfig:
 
 
 def primary_metric(kind: str, metrics: dict[str, Any]) -> str:
-    """The headline metric of a run: acc (multiple choice), accuracy (generation: numeric answers
-    compared by value, text answers by exact match, over every document) or bits_per_byte."""
+    """The headline metric of a run: acc (multiple choice), accuracy (generation: the extracted
+    answer, numbers compared by value and text by exact match, over every document) or bits_per_byte.
+
+    Generation runs also report exact_match (the extracted answer equals the gold text),
+    strict_match (the whole reply is the answer, nothing around it) and numeric_match."""
     if kind == "multiple_choice":
         return "acc"
     if kind == "generation":
@@ -98,6 +105,15 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalC
              progress: ProgressDisplay | None = None) -> dict[str, Any]:
     """Evaluate `task` once per entry of `config.shots`; `progress` shows a bar per pass."""
     progress = progress or ProgressDisplay(enabled=False)
+    was_training = model.training  # the engine and the scorer switch to eval mode; put it back after
+    try:
+        return _evaluate(model, tokenizer, task, config, progress)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig,
+              progress: ProgressDisplay) -> dict[str, Any]:
     if config.cot and task.kind != "generation":
         raise ValueError(f"--cot applies to generation tasks; {task.name} is scored by {task.kind.replace('_', ' ')}")
     if task.kind == "perplexity" and config.shots != (0,):
@@ -129,6 +145,35 @@ def evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalC
         "runs": runs,
         "wall_s": round(time.perf_counter() - started, 3),
     }
+
+
+def task_scorer(task: Task, config: EvalConfig, *, metrics: Sequence[str] = ("accuracy", "strict_match"),
+                out_dir: str | Path | None = None,
+                model_name: str = "model") -> Callable[[Transformer, Tokenizer, str], dict[str, float]]:
+    """`task` under `config` as a function `(model, tokenizer, label) -> {metric: value, "n": docs}`.
+
+    This is how fine-tuning measures a task before and after training through this runner
+    (`lmforge.train.finetune.finetune(..., score=task_scorer(...))`; the train layer cannot import
+    eval, so the caller hands the scorer down). With `out_dir`, every call also writes its full
+    results, samples included, to OUT_DIR/{task}_{label}.json, where `lmforge report` finds them.
+    """
+    if len(config.shots) != 1:
+        raise ValueError(f"a task scorer runs one number of shots, got {config.shots}")
+
+    def score(model: Transformer, tokenizer: Tokenizer, label: str) -> dict[str, float]:
+        results = evaluate(model, tokenizer, task, config)
+        results["model"] = f"{model_name} ({label})"
+        results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        if out_dir is not None:
+            write_text_atomically(Path(out_dir) / f"{task.name}_{label}.json",
+                                  json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+        run = results["runs"][0]
+        unknown = [name for name in metrics if name not in run["metrics"]]
+        if unknown:
+            raise ValueError(f"{task.name} reports no {', '.join(unknown)} (it has {', '.join(run['metrics'])})")
+        return {name: run["metrics"][name] for name in metrics} | {"n": run["n"]}
+
+    return score
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,22 +232,24 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
     engine = Engine(model, tokenizer, max_batch_size=config.batch_size)
     progress.start(f"{task.name} {k}-shot{' CoT' if config.cot else ''}", len(prompts), counted=True)
     completions = engine.generate(prompts, params, on_finish=progress.advance)
-    correct, exact, numeric, found, samples = [], [], [], [], []
+    correct, exact, strict, numeric, found, samples = [], [], [], [], [], []
     for doc, completion in zip(task.docs, completions):
         numeric_gold = is_number(doc.answer)
         answer, how = extract_answer(completion.text, numeric=numeric_gold)
         exact.append(float(exact_match(answer, doc.answer)))
+        strict.append(float(strict_match(completion.text, doc.answer)))
         if numeric_gold:
             numeric.append(float(numeric_match(answer, doc.answer)))
         correct.append(numeric[-1] if numeric_gold else exact[-1])  # numbers by value, text by exact match
         found.append(float(how == "marker"))
         if config.keep_samples:
             samples.append({"id": doc.id, "gold": doc.answer, "extracted": answer, "how": how,
-                            "correct": bool(correct[-1]), "output": completion.text,
+                            "correct": bool(correct[-1]), "strict": bool(strict[-1]), "output": completion.text,
                             "tokens": completion.completion_tokens, "finish": completion.finish_reason})
     metrics: dict[str, Any] = {}
     metrics["accuracy"], metrics["accuracy_stderr"] = _mean_stderr(correct)
     metrics["exact_match"], metrics["exact_match_stderr"] = _mean_stderr(exact)
+    metrics["strict_match"], metrics["strict_match_stderr"] = _mean_stderr(strict)  # the whole reply is the answer
     if numeric:  # over the documents whose answer is a number (numeric_n of them)
         metrics["numeric_match"], metrics["numeric_match_stderr"] = _mean_stderr(numeric)
         metrics["numeric_n"] = len(numeric)

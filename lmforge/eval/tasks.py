@@ -15,6 +15,8 @@ Built-in tasks (see `load_task`):
   gsm8k                     grade-school maths: openai/gsm8k (config main) from the Hugging Face cache,
                             or {data}/gsm8k/{train,test}.jsonl
   icl                       generated in-context-learning probe (see `icl_probe_task`)
+  add, multiply, count,     the generated fine-tuning tasks of `lmforge.data.synthetic`: held-out questions,
+  reverse, convert          the train split as few-shot pool (see `synthetic_task`)
   ppl:PATH                  perplexity / bits per byte of a text file (.txt) or a jsonl with "text"
   jsonl:PATH                a user task (schema in `jsonl_task`)
 """
@@ -29,6 +31,7 @@ from typing import Any, Literal
 
 from lmforge.data.hub import hub_files, read_parquet_records
 from lmforge.data.readers import parse_json_object
+from lmforge.data.synthetic import INSTRUCTION, TASKS, make_items, task_names
 from lmforge.eval.extract import gsm8k_reference_answer
 
 TaskKind = Literal["multiple_choice", "generation", "perplexity"]
@@ -42,6 +45,7 @@ __all__ = [
     "icl_probe_task",
     "jsonl_task",
     "load_task",
+    "synthetic_task",
     "text_task",
 ]
 
@@ -94,6 +98,7 @@ class Task:
     per_doc_pools: tuple[tuple[Doc, ...], ...] = ()  # a few-shot pool per document (overrides fewshot_pool)
     shots_per_class: bool = False  # k shots = k examples of every answer class (N-way K-shot), not k in all
     group_size: int = 1  # documents come in groups (the ICL probe's mirrored pairs) that --limit keeps whole
+    system: str = ""  # chat mode: the system message when none is given (generated tasks: their instruction)
 
     def limited(self, limit: int | None) -> "Task":
         """The first `limit` documents (all when None), rounded up to whole groups."""
@@ -307,6 +312,32 @@ def icl_probe_task(n_items: int = 400, words_per_item: int = 4, pool_size: int =
 
 
 # --------------------------------------------------------------------------------------------
+# Generated fine-tuning tasks
+# --------------------------------------------------------------------------------------------
+SYNTHETIC_PROMPT = PromptFormat(stop=("Question:", "\n\n"))
+
+
+def synthetic_task(name: str, n_docs: int = 500, pool_size: int = 500) -> Task:
+    """A generated task (`lmforge.data.synthetic`) as a generation benchmark.
+
+    The documents are the first `n_docs` questions of the task's held-out split (seed 0, so every
+    run, and fine-tuning's before/after score, sees the same ones); the few-shot pool is drawn from
+    the train split. In chat mode the task's instruction ("Answer with only the final answer.") is
+    the system message, as in the fine-tuning conversations (`TaskItem.prompt_messages`); plain
+    prompts use the "Question: ...\nAnswer:" layout.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown generated task {name!r}; choose from {', '.join(task_names())}")
+    docs = tuple(Doc(id=f"{name}-heldout-{i}", question=item.question, answer=item.answer)
+                 for i, item in enumerate(make_items(name, n_docs, "heldout", seed=0)))
+    pool = tuple(Doc(id=f"{name}-train-{i}", question=item.question, answer=item.answer)
+                 for i, item in enumerate(make_items(name, pool_size, "train", seed=0)))
+    return Task(name=name, kind="generation", docs=docs, fewshot_pool=pool, prompt=SYNTHETIC_PROMPT, system=INSTRUCTION,
+                description=f"generated {name} task (held-out questions), the reply against the exact answer",
+                chance=0.0, source="generated (lmforge.data.synthetic, seed 0)")
+
+
+# --------------------------------------------------------------------------------------------
 # Perplexity on text
 # --------------------------------------------------------------------------------------------
 def text_task(path: Path) -> Task:
@@ -398,7 +429,7 @@ def jsonl_task(path: Path) -> Task:
 # --------------------------------------------------------------------------------------------
 # Names -> tasks
 # --------------------------------------------------------------------------------------------
-BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", "ppl:PATH", "jsonl:PATH")
+BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", *task_names(), "ppl:PATH", "jsonl:PATH")
 
 
 def load_task(spec: str, data_dir: Path | None = None, *, split: str | None = None, seed: int = 0) -> Task:
@@ -417,4 +448,6 @@ def load_task(spec: str, data_dir: Path | None = None, *, split: str | None = No
         return gsm8k_task(data_dir, split or "test")
     if name == "icl":
         return icl_probe_task(seed=seed)
+    if name in TASKS:
+        return synthetic_task(name)
     raise ValueError(f"unknown task {spec!r}; choose one of {', '.join(BUILTIN)}")

@@ -11,15 +11,15 @@ accumulation, clipping, evaluation, metrics, progress, signals and atomic checkp
 LoRA runs wrap the chosen linear layers (`lmforge.model.lora`); only the adapter is trained. Their
 checkpoints hold the *merged* model (so each one opens anywhere) and the adapter matrices in the
 resume state; the finished run also writes the adapter in PEFT's layout under `adapter/`.
-With a generated task (`lmforge.data.synthetic`) the run measures held-out exact-match accuracy
-before and after training.
+Given a `score` function (the CLI passes the eval runner's, `lmforge.eval.runner.task_scorer`),
+the run scores the model on a held-out task before and after training.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -28,9 +28,7 @@ import torch
 
 import lmforge
 from lmforge.data.chat import ChatBatches, ChatExample, collate, pack_examples, read_chat_jsonl
-from lmforge.data.synthetic import TaskItem, exact_match, lenient_match, make_items
-from lmforge.infer.engine import Engine
-from lmforge.infer.sampling import SamplingParams
+from lmforge.data.synthetic import TaskItem, make_items
 from lmforge.io.checkpoint import load_meta, load_train_state
 from lmforge.io.hf import save_pretrained
 from lmforge.core.files import write_folder_atomically, write_text_atomically
@@ -55,6 +53,10 @@ from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import lr_multiplier
 
 DEFAULT_LR = {"lora": 2e-4, "full": 2e-5}
+
+TaskScorer = Callable[[Transformer, Tokenizer, str], Mapping[str, float]]
+"""Scores a model on a held-out task: (model, tokenizer, "before" | "after") -> {metric: value}.
+The train layer cannot import eval, so the caller builds it (`lmforge.eval.runner.task_scorer`)."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class FinetuneConfig(RecipeConfig):
     val_max: int = 200
     task: str = "add"  # generated task used when `data` is None (see lmforge.data.synthetic)
     train_items: int = 2000
-    eval_items: int = 200  # held-out task items scored by exact match before and after training
+    eval_items: int = 200  # held-out task items the CLI's scorer evaluates before and after training (0: none)
     out_dir: str = "runs/finetune"
     method: Literal["full", "lora"] = "lora"
     lora: LoRASettings = field(default_factory=LoRASettings)
@@ -109,8 +111,8 @@ class FinetuneConfig(RecipeConfig):
     log_every: int = 5
     eval_every: int = 50  # steps between validation-loss passes; 0 = only at the end
     eval_before: bool = True  # score the task before training too
-    max_new_tokens: int = 16  # generation length for task scoring (task answers are a few tokens)
-    eval_batch_size: int = 16
+    max_new_tokens: int = 16  # generation length of the CLI's task scorer (task answers are a few tokens)
+    eval_batch_size: int = 16  # validation rows / task-scoring sequences per batch
     save_every: int = 0  # steps; 0 = only at the end (and on SIGTERM/SIGINT)
     keep_checkpoints: int = 2
     plot: bool = True
@@ -135,8 +137,8 @@ class FinetuneResult:
     train_seconds: float
     trainable_parameters: int
     total_parameters: int
-    accuracy_before: tuple[float, float] | None  # (exact match, lenient match) on the scored held-out items
-    accuracy_after: tuple[float, float] | None
+    scores_before: dict[str, float] | None  # what the `score` function returned before training
+    scores_after: dict[str, float] | None
     stopped_by: str | None
     evals: list[dict[str, Any]] = field(default_factory=list)
 
@@ -159,43 +161,23 @@ def task_examples(items: Sequence[TaskItem], source: str) -> list[ChatExample]:
     return [ChatExample(tuple(item.messages()), source, index + 1) for index, item in enumerate(items)]
 
 
-def load_data(config: FinetuneConfig) -> tuple[list[ChatExample], list[ChatExample], list[TaskItem]]:
-    """(train conversations, validation conversations, held-out task items to score)."""
+def load_data(config: FinetuneConfig) -> tuple[list[ChatExample], list[ChatExample]]:
+    """(train conversations, validation conversations)."""
     if config.data is None:
         train = task_examples(make_items(config.task, config.train_items, "train", config.seed), f"task:{config.task}")
-        val_items = make_items(config.task, config.val_max, "heldout", config.seed + 1)  # a different draw than the scored items
-        scored = make_items(config.task, config.eval_items, "heldout", config.seed)
-        return train, task_examples(val_items, f"task:{config.task}:heldout"), scored
+        # Held-out questions for the validation loss; a different draw than a scorer's (seed 0) documents.
+        val_items = make_items(config.task, config.val_max, "heldout", config.seed + 1)
+        return train, task_examples(val_items, f"task:{config.task}:heldout")
     examples = read_chat_jsonl(config.data)
     if config.val_data is not None:
-        return examples, read_chat_jsonl(config.val_data), []
+        return examples, read_chat_jsonl(config.val_data)
     n_val = min(config.val_max, int(len(examples) * config.val_fraction))
     if n_val == 0:
-        return examples, [], []
+        return examples, []
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed)).tolist()
     val_index = set(order[:n_val])
     return ([e for i, e in enumerate(examples) if i not in val_index],
-            [e for i, e in enumerate(examples) if i in val_index], [])
-
-
-@torch.no_grad()
-def task_accuracy(model: Transformer, tokenizer: Tokenizer, items: Sequence[TaskItem], *, max_new_tokens: int = 24,
-                  batch_size: int = 16) -> tuple[float, float, list[str]]:
-    """Greedy answers to each item's prompt: (exact-match accuracy, lenient accuracy, answers).
-
-    The lenient figure also accepts a verbose reply whose final number/word is right; it tells a
-    gain in skill from a gain in answer format. The model is left in the mode it was in."""
-    was_training = model.training
-    try:
-        engine = Engine(model, tokenizer, max_batch_size=max(1, min(batch_size, len(items))))
-        prompts = [render_conversation(tokenizer, item.prompt_messages(), add_generation_prompt=True)[0] for item in items]
-        completions = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0))
-    finally:
-        model.train(was_training)
-    answers = [c.text for c in completions]
-    exact = sum(exact_match(text, item.answer) for text, item in zip(answers, items)) / max(1, len(items))
-    lenient = sum(lenient_match(text, item.answer) for text, item in zip(answers, items)) / max(1, len(items))
-    return exact, lenient, answers
+            [e for i, e in enumerate(examples) if i in val_index])
 
 
 def run_progress(config: FinetuneConfig, step: int, epochs_done: float, seconds: float) -> float:
@@ -212,17 +194,21 @@ def run_progress(config: FinetuneConfig, step: int, epochs_done: float, seconds:
 # --------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------
-def finetune(config: FinetuneConfig, *, resume: bool = False, show_progress: bool = True) -> FinetuneResult:
+def finetune(config: FinetuneConfig, *, resume: bool = False, show_progress: bool = True,
+             score: TaskScorer | None = None) -> FinetuneResult:
+    """Fine-tune as `config` says; with `score`, measure the model before (unless eval_before is
+    off) and after training."""
     dist = init_distributed(config.device)
     try:
         if dist.enabled:
             raise ValueError("finetune runs in a single process; start it without torchrun")
-        return _finetune(config, dist, resume, show_progress)
+        return _finetune(config, dist, resume, show_progress, score)
     finally:
         shutdown_distributed()
 
 
-def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progress: bool) -> FinetuneResult:
+def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progress: bool,
+              score: TaskScorer | None) -> FinetuneResult:
     # ---- setup: determinism, output folder, model, data -------------------------------------------
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -236,7 +222,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
     if tokenizer.pad_id is None and tokenizer.eos_id is None:
         raise ValueError("the tokenizer has neither a pad nor an eos token to pad batches with")
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id
-    train_examples, val_examples, scored_items = load_data(config)
+    train_examples, val_examples = load_data(config)
     seq_len = min(config.seq_len, model.config.max_seq_len - 1)
     rows, cut = pack_examples(encode_conversations(tokenizer, train_examples), seq_len, config.pack)
     val_rows, _ = pack_examples(encode_conversations(tokenizer, val_examples), seq_len, config.pack)
@@ -245,8 +231,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
     lengths = torch.from_numpy(token_byte_lengths(tokenizer)).long()
     token_bytes[:len(lengths)] = lengths[:model.config.vocab_size]
     display.message(f"data: {len(train_examples)} train conversations in {len(rows)} rows of <= {seq_len + 1} tokens"
-                    + (f" ({cut} cut to fit)" if cut else "") + f", {len(val_examples)} validation, "
-                    f"{len(scored_items)} scored held-out items")
+                    + (f" ({cut} cut to fit)" if cut else "") + f", {len(val_examples)} validation")
 
     # ---- method: LoRA wraps the chosen layers, full trains everything ----------------------------
     wrapped_names: list[str] = []
@@ -260,7 +245,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
 
     # ---- resume: weights (or adapter) first, optimizer after ---------------------------------------
     step, tokens, train_seconds, resumed, checkpoint = 0, 0, 0.0, None, None
-    accuracy_before: tuple[float, float] | None = None
+    scores_before: dict[str, float] | None = None
     if resume:
         checkpoint = find_resume_checkpoint(out)
         saved_method = (load_meta(checkpoint).get("finetune_config") or {}).get("method")
@@ -279,8 +264,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
             resumed = restore_training_checkpoint(checkpoint, model, dist)
         batches.load_state_dict(resumed["loader"])
         step, tokens, train_seconds = int(resumed["step"]), int(resumed["tokens"]), float(resumed["train_seconds"])
-        saved_before = resumed.get("accuracy_before")
-        accuracy_before = tuple(saved_before) if saved_before is not None else None
+        scores_before = resumed.get("scores_before")
     optimizer = build_optimizer(model, config.optim)
     if resumed is not None:
         restore_optimizer(optimizer, model, resumed["optimizer"])
@@ -294,17 +278,17 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
     last_eval_step, last_save_step, stopped_by = -1, step if resumed else -1, None
     rate_mark = (clock.seconds, tokens)
 
-    def score(label: str) -> tuple[float, float]:
+    def run_score(label: str) -> dict[str, float]:
+        assert score is not None
         started = time.perf_counter()
-        exact, lenient, answers = task_accuracy(model, tokenizer, scored_items, max_new_tokens=config.max_new_tokens,
-                                                batch_size=config.eval_batch_size)
+        scores = dict(score(model, tokenizer, label))
         seconds = time.perf_counter() - started
-        metrics.log(step=step, tokens=tokens, **{f"exact_match_{label}": exact, f"lenient_match_{label}": lenient},
-                    scored=len(scored_items), score_s=round(seconds, 1),
-                    examples=[[i.question, i.answer, a] for i, a in zip(scored_items[:5], answers[:5])])
-        display.message(f"held-out exact match {label} training: {exact:.1%} of {len(scored_items)} {config.task} items "
-                        f"(lenient {lenient:.1%}; {seconds:.0f}s); e.g. {scored_items[0].question!r} -> {answers[0]!r}")
-        return exact, lenient
+        metrics.log(step=step, tokens=tokens, **{f"{name}_{label}": value for name, value in scores.items()},
+                    score_s=round(seconds, 1))
+        shown = ", ".join(f"{name} {value:.1%}" if isinstance(value, float) else f"{name} {value}"
+                          for name, value in scores.items())
+        display.message(f"task score {label} training: {shown} ({seconds:.0f}s)")
+        return scores
 
     def to_device(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """Move a collated batch; segment ids only when a row holds several conversations (else the
@@ -329,7 +313,7 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
         nonlocal checkpoint, last_save_step
         state = {"step": step, "tokens": tokens, "train_seconds": clock.seconds, "loader": batches.state_dict(),
                  "method": config.method,
-                 "accuracy_before": list(accuracy_before) if accuracy_before is not None else None}
+                 "scores_before": scores_before}
         export = model
         if config.method == "lora":
             state["lora"] = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
@@ -344,9 +328,9 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
         if config.plot:
             plot_metrics(metrics.records(), out / "loss.png", title=f"finetune {out.name}")
 
-    if scored_items and config.eval_before and accuracy_before is None:
+    if score is not None and config.eval_before and scores_before is None:
         with clock.paused():
-            accuracy_before = score("before")
+            scores_before = run_score("before")
 
     # ---- the loop ----------------------------------------------------------------------------------
     with StopSignals() as signals:
@@ -391,13 +375,13 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
                 break
 
         # ---- the end: evaluation, score, checkpoint, adapter, merged model -----------------------------
-        accuracy_after = adapter = merged = None
+        scores_after = adapter = merged = None
         train_seconds = clock.seconds
         if not stopped_by:
             if last_eval_step != step:
                 run_eval()
-            if scored_items:
-                accuracy_after = score("after")
+            if score is not None:
+                scores_after = run_score("after")
             if last_save_step != step:
                 save()
             if config.method == "lora":
@@ -410,14 +394,11 @@ def _finetune(config: FinetuneConfig, dist: DistInfo, resume: bool, show_progres
             summary = {"model": config.model, "method": config.method, "task": config.task if config.data is None else None,
                        "data": config.data, "steps": step, "tokens": tokens, "train_seconds": round(train_seconds, 1),
                        "trainable_parameters": trainable, "total_parameters": total,
-                       "exact_match_before": accuracy_before[0] if accuracy_before else None,
-                       "exact_match_after": accuracy_after[0] if accuracy_after else None,
-                       "lenient_match_before": accuracy_before[1] if accuracy_before else None,
-                       "lenient_match_after": accuracy_after[1] if accuracy_after else None,
-                       "scored_items": len(scored_items), "final_val_loss": evals[-1]["val_loss"] if evals else None,
+                       "scores_before": scores_before, "scores_after": scores_after,
+                       "final_val_loss": evals[-1]["val_loss"] if evals else None,
                        "checkpoint": str(checkpoint) if checkpoint else None,
                        "adapter": str(adapter) if adapter else None, "merged": str(merged) if merged else None}
             write_text_atomically(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     display.close()
     return FinetuneResult(out, checkpoint, adapter, merged, step, train_seconds, trainable, total,
-                          accuracy_before, accuracy_after, stopped_by, evals)
+                          scores_before, scores_after, stopped_by, evals)

@@ -1,4 +1,4 @@
-"""Generated verifiable tasks: right answers, disjoint splits, determinism, and the exact-match scorer."""
+"""Generated verifiable tasks: right answers, disjoint splits, determinism (scoring: tests/eval)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ import re
 
 import pytest
 
-from lmforge.data.synthetic import (
-    INSTRUCTION,
-    TASKS,
-    WORDS,
-    accuracy,
-    exact_match,
-    extract_answer,
-    lenient_match,
-    make_items,
-    normalize_answer,
-    task_names,
-)
+from lmforge.data.synthetic import INSTRUCTION, TASKS, WORDS, make_items, task_names
 
 FACTORS = {("km", "m"): 1000, ("m", "cm"): 100, ("cm", "mm"): 10, ("kg", "g"): 1000, ("L", "mL"): 1000,
            ("hours", "minutes"): 60, ("minutes", "seconds"): 60, ("days", "hours"): 24, ("weeks", "days"): 7,
@@ -74,25 +63,3 @@ def test_bad_requests_are_errors(monkeypatch):
     monkeypatch.setitem(TASKS, "coin", lambda rng: (f"Flip {rng.randint(0, 49)}?", "heads"))
     with pytest.raises(ValueError, match="only .* distinct"):
         make_items("coin", 60)  # a finite question space says so instead of looping forever
-
-
-def test_exact_match_scorer():
-    assert exact_match("5200", "5200")
-    assert exact_match(" 5200.\n", "5200")
-    assert exact_match('"tenalp"', "tenalp")
-    assert exact_match("Tenalp", "tenalp")
-    assert exact_match("1,000", "1000")
-    assert not exact_match("5201", "5200")
-    assert not exact_match("The answer is 5200.", "5200")
-    assert not exact_match("52000", "5200")
-    assert not exact_match("", "5200")
-    assert normalize_answer("  A  b ") == "a b"
-    assert accuracy(["1", "2", "x"], ["1", "3", "x"]) == pytest.approx(2 / 3)
-
-
-def test_lenient_match_reads_the_final_answer_of_verbose_replies():
-    assert extract_answer("7519 + 629 = 8148", "8148") == "8148"
-    assert lenient_match("The letter appears 3 times.", "3")
-    assert not lenient_match("7519 + 629 = 1261", "8148")
-    assert lenient_match('The reversed word is "tenalp".', "tenalp")
-    assert not lenient_match('The word "planet" is a noun.', "tenalp")

@@ -10,6 +10,7 @@ from lmforge.eval.extract import (
     gsm8k_reference_answer,
     normalize_number,
     numeric_match,
+    strict_match,
 )
 from lmforge.eval.prompts import shot_target
 from lmforge.eval.tasks import gsm8k_docs, gsm8k_task, read_jsonl
@@ -69,6 +70,19 @@ def test_text_answers_and_matching():
     assert not exact_match(None, "Paris")
     assert numeric_match("1,000.00", "1000") and numeric_match("$5", "5.0")
     assert not numeric_match("7", "8") and not numeric_match(None, "8") and not numeric_match("seven", "7")
+
+
+def test_quoted_text_answers_and_strict_match():
+    assert extract_answer('The reversed word is "tenalp".', numeric=False) == ("tenalp", "quoted")
+    assert extract_answer("It's `tenalp`, I think", numeric=False) == ("tenalp", "quoted")  # not "s `"
+    assert extract_answer("Don't know", numeric=False) == ("Don't know", "first_line")
+    assert extract_answer('The answer is "tenalp".', numeric=False) == ('"tenalp"', "marker")
+    # strict: the whole reply is the answer
+    assert strict_match("5200", "5200") and strict_match(" 5200.\n", "5200") and strict_match("5,200", "5200")
+    assert strict_match('"Tenalp"', "tenalp") and strict_match("tenalp.", "tenalp")
+    assert not strict_match("The answer is 5200.", "5200") and not strict_match("7519 + 629 = 8148", "8148")
+    assert not strict_match("52000", "5200") and not strict_match("", "5200")
+    assert not strict_match('The reversed word is "tenalp".', "tenalp")
 
 
 def test_normalize_number():

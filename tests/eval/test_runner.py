@@ -153,3 +153,67 @@ def test_mixed_answers_headline_counts_every_document(tiny, tmp_path, monkeypatc
     assert results["primary_metric"] == "accuracy" and metrics["accuracy"] == pytest.approx(0.1)
     assert metrics["numeric_match"] == 1.0 and metrics["numeric_n"] == 1
     assert metrics["exact_match"] == 0.0  # "1,969" is not the text "1969"
+
+
+def _fake_engine(monkeypatch, outputs):
+    """Engine.generate answers `outputs` in order and records the prompts it was given."""
+    from lmforge.infer.engine import Completion
+
+    seen: list[list[int]] = []
+
+    def generate(self, prompts, params, constraints=None, on_finish=None):
+        seen.extend(prompts)
+        return [Completion(text, [], "stop", len(p)) for text, p in zip(outputs, prompts)]
+
+    monkeypatch.setattr(Engine, "generate", generate)
+    return seen
+
+
+# (reply, whole reply is the answer, extracted answer is right): the two figures fine-tuning reports.
+ADD_REPLIES = [("{a}", True, True), (" {a}.\n", True, True), ("{a:,}", True, True), ("The answer is {a}.", False, True),
+               ("7519 + 629 = {a}", False, True), ("{a}0", False, False), ("", False, False)]
+REVERSE_REPLIES = [('"{a}"', True, True), ("{A}", True, True), ('The reversed word is "{a}".', False, True),
+                   ('The word "planet" is a noun.', False, False)]
+
+
+@pytest.mark.parametrize("name, replies", [("add", ADD_REPLIES), ("reverse", REVERSE_REPLIES)])
+def test_generated_tasks_report_strict_and_lenient_accuracy(tiny, monkeypatch, name, replies):
+    """strict_match: the reply is the answer and nothing else; accuracy: the extracted answer is right.
+    Chat prompts are the fine-tuning conversations up to the answer."""
+    from lmforge.data.synthetic import make_items
+    from lmforge.eval.tasks import load_task
+    from lmforge.tokenizer.chat import render_conversation
+
+    model, tokenizer = tiny
+    task = load_task(name)
+    docs = task.docs[:len(replies)]
+    outputs = [reply.format(a=int(d.answer) if d.answer.isdigit() else d.answer, A=d.answer.upper())
+               for (reply, _, _), d in zip(replies, docs)]
+    prompts = _fake_engine(monkeypatch, outputs)
+    run = evaluate(model, tokenizer, task, EvalConfig(chat=True, limit=len(replies), max_new_tokens=16))["runs"][0]
+    assert [(s["strict"], s["correct"]) for s in run["samples"]] == [(strict, lenient) for _, strict, lenient in replies]
+    n = len(replies)
+    assert run["metrics"]["strict_match"] == pytest.approx(sum(r[1] for r in replies) / n)
+    assert run["metrics"]["accuracy"] == pytest.approx(sum(r[2] for r in replies) / n)
+    items = make_items(name, n, "heldout", seed=0)
+    assert prompts == [render_conversation(tokenizer, i.prompt_messages(), add_generation_prompt=True)[0] for i in items]
+
+
+def test_task_scorer_returns_the_runners_figures_writes_results_and_keeps_train_mode(tiny, monkeypatch, tmp_path):
+    from lmforge.eval.runner import task_scorer
+    from lmforge.eval.tasks import synthetic_task
+
+    model, tokenizer = tiny
+    task = synthetic_task("add", n_docs=4)
+    _fake_engine(monkeypatch, [task.docs[0].answer, f"It is {task.docs[1].answer}", "0", "no idea"])
+    score = task_scorer(task, EvalConfig(chat=True, max_new_tokens=8), out_dir=tmp_path / "eval", model_name="tiny")
+    model.train()
+    assert score(model, tokenizer, "before") == {"accuracy": 0.5, "strict_match": 0.25, "n": 4}
+    assert model.training  # the runner switched to eval mode for generation and back again
+    model.eval()
+    saved = json.loads((tmp_path / "eval" / "add_before.json").read_text())
+    assert saved["lmforge_eval"] == 1 and saved["model"] == "tiny (before)" and len(saved["runs"][0]["samples"]) == 4
+    with pytest.raises(ValueError, match="one number of shots"):
+        task_scorer(task, EvalConfig(shots=(0, 1)))
+    with pytest.raises(ValueError, match="reports no acc_norm"):
+        task_scorer(task, EvalConfig(max_new_tokens=8), metrics=("acc_norm",))(model, tokenizer, "x")

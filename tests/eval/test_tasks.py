@@ -250,3 +250,29 @@ def test_icl_shots_are_counted_per_label_balanced_and_nested():
     assert 0 < sum(last_labels) < 20  # the label shown last is sometimes the answer, sometimes not
     with pytest.raises(ValueError, match="shots per class requested"):
         select_shots(task, 0, 40, seed=5)  # more than the pool holds of one label
+
+
+@pytest.mark.parametrize("name", ["add", "multiply", "count", "reverse", "convert"])
+def test_generated_fine_tuning_tasks_load_as_generation_benchmarks(name):
+    """`lmforge eval --task add`: the held-out questions (seed 0, whatever else is asked) as
+    documents, the train split as few-shot pool, the fine-tuning instruction as system message."""
+    from lmforge.data.synthetic import INSTRUCTION, make_items
+    from lmforge.eval.prompts import chat_messages, select_shots
+
+    task = load_task(name)
+    items = make_items(name, 500, "heldout", seed=0)
+    assert task.kind == "generation" and task.system == INSTRUCTION
+    assert [(d.question, d.answer) for d in task.docs] == [(i.question, i.answer) for i in items]
+    assert not {d.question for d in task.fewshot_pool} & {d.question for d in task.docs}
+    assert chat_messages(task, task.docs[0], []) == items[0].prompt_messages()  # what fine-tuning trains on
+    shots = select_shots(task, 0, 2, seed=1)
+    messages = chat_messages(task, task.docs[0], shots)
+    assert messages[0] == {"role": "system", "content": INSTRUCTION}
+    assert messages[1:5] == [{"role": "user", "content": shots[0].question}, {"role": "assistant", "content": shots[0].answer},
+                             {"role": "user", "content": shots[1].question}, {"role": "assistant", "content": shots[1].answer}]
+    assert chat_messages(task, task.docs[0], [], system="Be terse.")[0]["content"] == "Be terse."
+
+
+def test_unknown_task_lists_the_generated_ones():
+    with pytest.raises(ValueError, match="unknown task 'sing'.*add, convert, count, multiply, reverse"):
+        load_task("sing")

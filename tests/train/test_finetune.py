@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -52,10 +53,18 @@ def logits_of(model) -> torch.Tensor:
         return model.eval()(IDS)
 
 
+def reverse_scorer(n: int, out_dir=None):
+    """The eval runner's score of the generated reverse task (the train layer is handed it, as the CLI does)."""
+    from lmforge.eval.runner import EvalConfig, task_scorer
+    from lmforge.eval.tasks import synthetic_task
+
+    return task_scorer(synthetic_task("reverse", n_docs=n), EvalConfig(chat=True, max_new_tokens=16), out_dir=out_dir)
+
+
 def test_full_finetune_of_a_small_model(tmp_path, small_model):
     config = config_for(small_model, tmp_path / "full", method="full", max_steps=10, eval_items=6, eval_before=True,
                         optim={"lr": 3e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 2}, plot=True)
-    result = finetune(config, show_progress=False)
+    result = finetune(config, show_progress=False, score=reverse_scorer(6))
     assert result.steps == 10 and result.stopped_by is None and result.adapter is None
     assert result.trainable_parameters == result.total_parameters
     records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
@@ -63,9 +72,10 @@ def test_full_finetune_of_a_small_model(tmp_path, small_model):
     val = [r["val_loss"] for r in records if "val_loss" in r]
     assert len(losses) == 10 and losses[-1] < losses[0] - 0.5  # it learns (the answers' tokens at least)
     assert len(val) >= 3 and val[-1] < val[0]
-    assert {"exact_match_before", "exact_match_after"} <= set().union(*records)
+    assert {"accuracy_before", "strict_match_before", "accuracy_after", "strict_match_after"} <= set().union(*records)
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
-    assert summary["steps"] == 10 and summary["scored_items"] == 6 and summary["exact_match_after"] is not None
+    assert summary["steps"] == 10 and summary["scores_after"] == result.scores_after
+    assert set(result.scores_before) == {"accuracy", "strict_match", "n"} and result.scores_before["n"] == 6
     assert (tmp_path / "full" / "loss.png").stat().st_size > 0
     # The checkpoint is a complete model folder whose weights moved away from the base.
     trained, tokenizer = load_pretrained(result.checkpoint)
@@ -113,6 +123,29 @@ def test_lora_run_resumes_exactly_and_writes_adapter_and_merged_model(tmp_path, 
     torch.testing.assert_close(logits_of(checkpoint), logits_of(base_a), atol=1e-4, rtol=0)
 
 
+def test_cli_scores_a_generated_task_through_the_eval_runner(tmp_path, small_model, capsys):
+    """`lmforge finetune --task` scores before and after with the eval runner, and `lmforge eval`
+    on the finished checkpoint gives the same after-figures: one evaluation path."""
+    run = tmp_path / "run"
+    assert main(["finetune", "--model", str(small_model), "--task", "reverse", "--train-items", "32", "--eval-items", "3",
+                 "--method", "full", "--max-steps", "2", "--batch-size", "4", "--seq-len", "64", "--threads", "1",
+                 "--lr", "1e-3", "--out", str(run), "plot=false", "val_max=4"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"held-out reverse \(3 items\): accuracy \d+\.\d% -> \d+\.\d%, strict match .*\d% -> \d+\.\d%", out), out
+    summary = json.loads((run / "summary.json").read_text())
+    for label in ("before", "after"):
+        results = json.loads((run / "eval" / f"reverse_{label}.json").read_text())
+        metrics = results["runs"][0]["metrics"]
+        assert results["config"]["chat"] and results["runs"][0]["n"] == 3
+        assert summary[f"scores_{label}"] == {"accuracy": metrics["accuracy"], "strict_match": metrics["strict_match"], "n": 3}
+    assert main(["eval", "--model", summary["checkpoint"], "--task", "reverse", "--chat", "--limit", "3",
+                 "--max-new-tokens", "16", "--json", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())["runs"][0]
+    after = json.loads((run / "eval" / "reverse_after.json").read_text())["runs"][0]
+    assert [s["output"] for s in again["samples"]] == [s["output"] for s in after["samples"]]
+    assert again["metrics"] == pytest.approx(after["metrics"], nan_ok=True)
+
+
 def test_cli_trains_on_chat_jsonl_and_names_a_bad_line(tmp_path, small_model, capsys):
     conversations = [[{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Say {w}."},
                       {"role": "assistant", "content": w}, {"role": "user", "content": "Again?"},
@@ -123,7 +156,7 @@ def test_cli_trains_on_chat_jsonl_and_names_a_bad_line(tmp_path, small_model, ca
                  "--out", str(tmp_path / "run"), "--quiet", "plot=false"])
     assert code == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 2 and summary["exact_match_after"] is None and summary["data"] == str(data)
+    assert summary["steps"] == 2 and summary["scores_after"] is None and summary["data"] == str(data)
     assert read_adapter_config(tmp_path / "run" / "adapter")["target_modules"] == ["q_proj", "v_proj"]
     run_config = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert run_config["epochs"] is None and run_config["optim"]["lr"] == 2e-4 and run_config["pack"] is True
@@ -210,6 +243,8 @@ def test_lora_sft_raises_held_out_exact_match_on_smollm(tmp_path):
         out_dir=str(tmp_path / "run"), method="lora", lora={"rank": 16, "alpha": 32.0, "dropout": 0.0},
         optim={"lr": 1e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 5}, batch_size=16, pack=False,
         epochs=None, max_steps=60, dtype="bfloat16", eval_every=0, plot=False))
-    result = finetune(config, show_progress=False)
-    before, after = result.accuracy_before[0], result.accuracy_after[0]
+    from lmforge.cli.finetune import task_score
+
+    result = finetune(config, show_progress=False, score=task_score(config))
+    before, after = result.scores_before["strict_match"], result.scores_after["strict_match"]
     assert after >= before + 0.3, (before, after)
