@@ -374,7 +374,12 @@ class Transformer(nn.Module):
             hidden = hidden[:, -1:]
         elif logits_at is not None:  # right-padded prefill: each row's last real token
             hidden = hidden[torch.arange(B, device=ids.device), logits_at][:, None]  # [B, 1, D]
-        logits = self.lm_head(hidden)  # [B, T, V]
+        return self.head_logits(hidden)  # [B, T, V]
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [..., V] of final hidden states [..., D] (for `head=False` callers that
+        need logits at a few positions only)."""
+        logits = self.lm_head(hidden)
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
