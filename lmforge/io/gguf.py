@@ -1,7 +1,9 @@
 """Read GGUF files (llama.cpp's format) into an lmforge model, tokenizer and chat template.
 
-Order of work matters for untrusted files: `validate_gguf` checks the header and tensor table with
-a bounded parser first; only then does the `gguf` package's reader memory-map the file.
+Order of work matters for untrusted files: `open_gguf` checks the header and tensor table with a
+bounded parser and the model metadata against the tensor shapes first; only then does it decode
+the tokenizer arrays and memory-map the tensor data (`gguf.GGUFReader` is not used: it trusts
+declared lengths and spends a kilobyte per array element).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import torch
 
 from lmforge.core.config import ModelConfig
-from lmforge.io.gguf_validate import validate_gguf
+from lmforge.io.gguf_validate import open_gguf
+from lmforge.model.quant import GroupQuantized
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -25,6 +28,10 @@ SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1",
 
 _LLAMA_LIKE = {"llama", "mistral", "qwen2"}
 
+# Block formats that load as they are into lmforge's quantized layers (see `read_blocks`).
+PACKED_TYPES = {"Q4_0", "Q4_1", "Q8_0"}
+QUANT_MODES = ("none", "auto", "int8", "int4")
+
 
 @dataclass
 class GGUFContents:
@@ -32,35 +39,37 @@ class GGUFContents:
     state_dict: dict[str, torch.Tensor]
     tokenizer: Tokenizer
     metadata: dict[str, Any]  # scalar metadata (arrays left out)
+    packed: dict[str, GroupQuantized]  # module name -> weight kept in its file quantization
 
 
-def read_metadata(reader: Any) -> dict[str, Any]:
-    """All key/value metadata as plain Python values (arrays as lists)."""
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        meta[key] = field.contents()
-    return meta
+def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, quant: str = "none") -> GGUFContents:
+    """Validate, then read config, weights (HF names) and tokenizer from a GGUF file.
 
-
-def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> GGUFContents:
-    """Validate, then read config, dequantized weights (HF names) and tokenizer from a GGUF file."""
+    `quant` "none" or "int8" dequantizes every tensor to `dtype`; "auto" and "int4" keep Q4_0, Q4_1
+    and Q8_0 matrices as they are stored (`GGUFContents.packed`, exact) and dequantize the rest.
+    """
     import gguf  # imported here so that merely importing lmforge.io stays light
 
+    if quant not in QUANT_MODES:
+        raise ValueError(f"unknown quantization mode {quant!r}; choose one of {', '.join(QUANT_MODES)}")
     path = Path(path)
-    validate_gguf(path)
-    reader = gguf.GGUFReader(path)
-    meta = read_metadata(reader)
+    opened = open_gguf(path)
+    meta = opened.metadata
     config = config_from_metadata(meta, path)
     tokenizer = Tokenizer.from_gguf_metadata(meta)
-    state_dict = {}
-    for tensor in reader.tensors:
+    state_dict: dict[str, torch.Tensor] = {}
+    packed: dict[str, GroupQuantized] = {}
+    for tensor in opened.tensors:
         type_name = tensor.tensor_type.name
         if type_name not in SUPPORTED_TYPES:
             raise ValueError(f"bad GGUF file {path.name}: tensor {tensor.name!r} has unsupported type {type_name}")
-        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         shape = tuple(int(d) for d in reversed(tensor.shape))  # GGUF lists the fastest dimension first
+        if quant in ("auto", "int4") and type_name in PACKED_TYPES and len(shape) == 2:
+            blocks = read_blocks(type_name, np.asarray(tensor.data), shape)
+            for name, value in hf_tensors(config, meta["general.architecture"], tensor.name, blocks):
+                packed[name.removesuffix(".weight")] = value
+            continue
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
         values = np.ascontiguousarray(values, dtype=np.float32).reshape(shape)
         if not values.flags.writeable:  # plain F32 tensors come straight from the read-only memory map
             values = values.copy()
@@ -68,15 +77,47 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> GG
         for name, value in hf_tensors(config, meta["general.architecture"], tensor.name, weight):
             state_dict[name] = value.to(dtype)
     # Files of tied models simply have no output.weight.
-    config = config.replace(tie_embeddings="lm_head.weight" not in state_dict)
+    config = config.replace(tie_embeddings="lm_head.weight" not in state_dict and "lm_head" not in packed)
     scalars = {k: v for k, v in meta.items() if not isinstance(v, list)}
-    return GGUFContents(config, state_dict, tokenizer, scalars)
+    return GGUFContents(config, state_dict, tokenizer, scalars, packed)
+
+
+def read_blocks(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> GroupQuantized:
+    """Q4_0 / Q4_1 / Q8_0 blocks of 32 weights as exact integers with their fp16 scale (and minimum).
+
+    Q8_0: d, 32 x int8 (w = d * q). Q4_0: d, 16 bytes of nibbles (w = d * (q - 8)). Q4_1: d, m,
+    16 bytes of nibbles (w = d * q + m). A block's byte j holds element j (low nibble) and j + 16.
+    """
+    rows, width = shape
+    header = {"Q8_0": 2, "Q4_0": 2, "Q4_1": 4}[type_name]
+    payload = 32 if type_name == "Q8_0" else 16
+    if width % 32:
+        raise ValueError(f"{type_name} tensor of width {width} is not made of 32-weight blocks")
+    blocks = torch.from_numpy(np.ascontiguousarray(data).view(np.uint8).reshape(-1, header + payload))
+    if blocks.shape[0] != rows * width // 32:
+        raise ValueError(f"{type_name} tensor data holds {blocks.shape[0]} blocks, its shape {shape} needs {rows * width // 32}")
+    groups = (rows, width // 32)
+    scales = blocks[:, 0:2].contiguous().view(torch.float16).float().view(groups)
+    zeros = blocks[:, 2:4].contiguous().view(torch.float16).float().view(groups) if type_name == "Q4_1" else None
+    body = blocks[:, header:]
+    if type_name == "Q8_0":
+        values = body.contiguous().view(torch.int8)
+    else:
+        values = torch.cat((body & 15, body >> 4), dim=1).to(torch.int8)  # [blocks, 32]
+        if type_name == "Q4_0":
+            values = values - 8
+    return GroupQuantized(values.reshape(rows, width), scales, zeros, 32)
 
 
 def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-                    device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
-    contents = load_gguf(path, dtype)
-    return Transformer.from_state_dict(contents.config, contents.state_dict, device=device), contents.tokenizer
+                    device: str | torch.device = "cpu", quant: str = "none",
+                    compute_dtype: torch.dtype = torch.bfloat16) -> tuple[Transformer, Tokenizer]:
+    """The model and tokenizer of a GGUF file; `quant` as in `load_gguf` ("int8"/"int4" also
+    quantize the float tensors; see `lmforge.model.quant`)."""
+    contents = load_gguf(path, dtype, quant=quant)
+    model = Transformer.from_state_dict(contents.config, contents.state_dict, device=device, quant=quant,
+                                        packed=contents.packed, compute_dtype=compute_dtype)
+    return model, contents.tokenizer
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,10 +206,15 @@ def hf_tensors(config: ModelConfig, arch: str, name: str, weight: torch.Tensor):
     if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in block:
         layer, suffix = int(parts[1]), parts[2]
         prefix = f"model.layers.{layer}." if llama else f"transformer.h.{layer}."
+        heads = None
         if llama and arch != "qwen2" and suffix in ("attn_q.weight", "attn_q.bias"):
-            weight = unpermute_rows(weight, config.n_heads)
+            heads = config.n_heads
         elif llama and arch != "qwen2" and suffix in ("attn_k.weight", "attn_k.bias"):
-            weight = unpermute_rows(weight, config.kv_heads)
+            heads = config.kv_heads
+        if heads is not None and isinstance(weight, GroupQuantized):
+            weight = weight.map_rows(lambda rows: unpermute_rows(rows, heads))
+        elif heads is not None:
+            weight = unpermute_rows(weight, heads)
         yield prefix + block[suffix], weight
         return
     if name.startswith("rope_freqs"):

@@ -1,18 +1,30 @@
-"""Bounded validation of untrusted GGUF files.
+"""Bounded validation and reading of untrusted GGUF files.
 
 ``gguf.GGUFReader`` trusts the counts and lengths a file declares: a 49-byte
 file that declares an array of 2**63 elements makes it hang or allocate without
-limit. ``validate_gguf`` therefore walks the header, the metadata key/value
-table and the tensor-info table itself, checking every declared count and length
-against the bytes actually left in the file *before* reading anything, and
-checking the tensor-info table for what a loader relies on (known types, sane
-shapes, aligned, in-bounds, non-overlapping data ranges). Only a file that
-passes should be handed to ``GGUFReader`` or memory-mapped.
+limit, and even an honest file costs it about a kilobyte of Python objects per
+array element (SmolLM2's 100k vocabulary entries: 4 CPU seconds, 160 MB).
+This module therefore reads GGUF files itself, in three checked steps:
+
+1. ``validate_gguf`` walks the header, the metadata key/value table and the
+   tensor-info table, checking every declared count and length against the
+   bytes actually left in the file *before* reading anything, and the tensor
+   table for what a loader relies on (known types, sane shapes, aligned,
+   in-bounds, non-overlapping data ranges). Arrays are counted, not stored.
+2. ``check_model`` compares the model metadata with the tensor table: block
+   count against the blocks present, embedding width, head counts and
+   feed-forward width against every tensor's shape, vocabulary size against
+   the embedding rows and the tokenizer's token count, and the context length
+   against what its rotary tables would cost.
+3. ``open_gguf`` then decodes only the tokenizer arrays (whose lengths step 2
+   tied to the embedding) and hands out read-only memory-mapped views of the
+   tensor data.
 
 Every problem raises ``ValueError("bad GGUF file <path>: <field> ...")`` so the
-caller sees which file and which field is wrong. Work and memory are bounded
-by the file size: every declared item costs at least a known number of file
-bytes, and big arrays (tokens, merges) are only skipped over, never stored.
+caller sees which file and which field is wrong. Work and memory are bounded:
+every declared item costs at least a known number of file bytes, the number of
+metadata entries, tensors and string-array elements walked is capped far above
+any real model, and nothing is decoded before the checks pass.
 
 Layout (little-endian; versions 2 and 3 share it, version 1 used 32-bit
 counts and lengths and is rejected)::
@@ -29,15 +41,18 @@ counts and lengths and is rejected)::
 
 from __future__ import annotations
 
+import math
+import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
+import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-__all__ = ["GGUFSummary", "TensorInfo", "validate_gguf"]
+__all__ = ["GGUFFile", "GGUFSummary", "GGUFTensor", "TensorInfo", "check_model", "open_gguf", "validate_gguf"]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -56,7 +71,14 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME_BYTES = 65_535  # keys and tensor names; llama.cpp allows far less for names
 MAX_STRING_VALUE_BYTES = 64 << 20  # a metadata string we keep in memory (chat templates are KBs)
 MAX_ARRAY_DEPTH = 8  # arrays of arrays are legal but never deep in practice
-MAX_TENSORS = 1 << 20  # far above any real model; bounds the TensorInfo list
+# Caps on what has to be walked item by item, so that a file made of millions of tiny items fails
+# at once and even one at every cap validates in well under a second. Real models stay far below:
+# about 50 keys, at most a few thousand tensors (Llama 3.1 405B: 1138), and vocabularies plus
+# merges of at most about half a million strings (Llama 3: 128k tokens + 280k merges).
+MAX_KV_PAIRS = 1 << 14
+MAX_TENSORS = 1 << 14
+MAX_WALKED_STRINGS = 1 << 20  # strings inside metadata arrays, whole file
+MAX_NESTED_ARRAYS = 1 << 14  # arrays inside metadata arrays, whole file (real files have none)
 INT64_MAX = (1 << 63) - 1
 
 # Fixed-size value types: struct format (little-endian) per GGUFValueType.
@@ -109,20 +131,22 @@ class GGUFSummary:
     scalars: dict[str, object]  # non-array metadata: str, int, float, bool
     array_lengths: dict[str, int]  # array metadata: key -> element count
     tensors: list[TensorInfo]
+    # array metadata: key -> (element type, absolute file offset of the first element)
+    array_starts: dict[str, tuple[GGUFValueType, int]] = field(default_factory=dict, repr=False)
 
 
 class _Cursor:
-    """Sequential little-endian reads that never go past the file's end.
+    """Sequential little-endian reads from a memory map that never go past the file's end.
 
     Every read checks the requested size against the bytes left *before*
-    reading, so a hostile length costs nothing. The position is tracked here
-    rather than asked of the OS on each read.
+    reading, so a hostile length costs nothing.
     """
 
-    def __init__(self, f: BinaryIO, size: int, where: str) -> None:
-        self._f = f
+    def __init__(self, buf: mmap.mmap, size: int, where: str) -> None:
+        self.buf = buf
         self.size = size
         self.pos = 0
+        self.walked = {"strings": 0, "nested arrays": 0}  # array elements walked one by one so far
         self._where = where
 
     def fail(self, message: str) -> ValueError:
@@ -140,22 +164,23 @@ class _Cursor:
 
     def read(self, n: int, what: str) -> bytes:
         self.need(n, what)
-        data = self._f.read(n)
-        if len(data) != n:  # the file shrank under us
-            raise self.fail(f"{what}: short read at offset {self.pos}")
+        data = self.buf[self.pos:self.pos + n]
         self.pos += n
         return data
 
     def skip(self, n: int, what: str) -> None:
         self.need(n, what)
-        self._f.seek(n, os.SEEK_CUR)
         self.pos += n
 
     def u32(self, what: str) -> int:
-        return _U32.unpack(self.read(4, what))[0]
+        self.need(4, what)
+        self.pos += 4
+        return _U32.unpack_from(self.buf, self.pos - 4)[0]
 
     def u64(self, what: str) -> int:
-        return _U64.unpack(self.read(8, what))[0]
+        self.need(8, what)
+        self.pos += 8
+        return _U64.unpack_from(self.buf, self.pos - 8)[0]
 
     def string_length(self, what: str) -> int:
         n = self.u64(f"{what} length")
@@ -175,6 +200,30 @@ class _Cursor:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise self.fail(f"{what} is not valid UTF-8 ({exc.reason} at byte {exc.start}): {raw[:64]!r}") from None
+
+    def walk(self, count: int, kind: str, limit: int, what: str) -> None:
+        """Account for `count` array elements (strings or nested arrays) about to be walked one by one."""
+        self.walked[kind] += count
+        if self.walked[kind] > limit:
+            raise self.fail(
+                f"{what} brings the {kind} in metadata arrays to {self.walked[kind]}, more than the {limit} "
+                "lmforge reads (Llama 3's vocabulary and merges hold 408k strings)"
+            )
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Move past `count` strings; one tight loop, as a vocabulary has hundreds of thousands."""
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        for i in range(count):
+            if pos + 8 > size:
+                self.pos = pos
+                self.need(8, f"{what}[{i}] length")
+            n = unpack(buf, pos)[0]
+            pos += 8
+            if n > size - pos:
+                self.pos = pos
+                raise self.fail(f"{what}[{i}] declares a string of {n} bytes, more than the {size - pos} bytes left in the file")
+            pos += n
+        self.pos = pos
 
 
 def _value_type(cur: _Cursor, code: int, what: str) -> GGUFValueType:
@@ -204,8 +253,8 @@ def _read_scalar(cur: _Cursor, vtype: GGUFValueType, what: str) -> object:
     return value
 
 
-def _skip_array(cur: _Cursor, what: str, depth: int = 1) -> int:
-    """Check an array's bounds and move past it without storing it; return its length."""
+def _skip_array(cur: _Cursor, what: str, depth: int = 1) -> tuple[GGUFValueType, int]:
+    """Check an array's bounds and move past it without storing it; return its element type and length."""
     if depth > MAX_ARRAY_DEPTH:
         raise cur.fail(f"{what} nests arrays more than {MAX_ARRAY_DEPTH} deep")
     elem_type = _value_type(cur, cur.u32(f"{what} element type"), f"{what} array element")
@@ -218,14 +267,15 @@ def _skip_array(cur: _Cursor, what: str, depth: int = 1) -> int:
                 f"{what} declares an array of {count} strings, "
                 f"more than the {cur.left} bytes left in the file could hold"
             )
-        for i in range(count):
-            cur.skip(cur.string_length(f"{what}[{i}]"), f"{what}[{i}]")
+        cur.walk(count, "strings", MAX_WALKED_STRINGS, what)
+        cur.skip_strings(count, what)
     elif elem_type == GGUFValueType.ARRAY:
         if count * MIN_ARRAY_BYTES > cur.left:
             raise cur.fail(
                 f"{what} declares an array of {count} arrays, "
                 f"more than the {cur.left} bytes left in the file could hold"
             )
+        cur.walk(count, "nested arrays", MAX_NESTED_ARRAYS, what)
         for i in range(count):
             _skip_array(cur, f"{what}[{i}]", depth + 1)
     else:
@@ -236,12 +286,13 @@ def _skip_array(cur: _Cursor, what: str, depth: int = 1) -> int:
                 f"more than the {cur.left} bytes left in the file"
             )
         cur.skip(n_bytes, what)
-    return count
+    return elem_type, count
 
 
-def _read_metadata(cur: _Cursor, kv_count: int) -> tuple[dict[str, object], dict[str, int]]:
+def _read_metadata(cur: _Cursor, kv_count: int) -> tuple[dict[str, object], dict[str, int], dict[str, tuple]]:
     scalars: dict[str, object] = {}
     array_lengths: dict[str, int] = {}
+    array_starts: dict[str, tuple[GGUFValueType, int]] = {}
     for i in range(kv_count):
         key = cur.name(f"metadata key #{i}")
         what = f"metadata key {key!r}"
@@ -249,10 +300,12 @@ def _read_metadata(cur: _Cursor, kv_count: int) -> tuple[dict[str, object], dict
             raise cur.fail(f"duplicate {what}")
         vtype = _value_type(cur, cur.u32(f"{what} value type"), what)
         if vtype == GGUFValueType.ARRAY:
-            array_lengths[key] = _skip_array(cur, what)
+            start = cur.pos + 4 + 8  # past element type and count
+            elem_type, array_lengths[key] = _skip_array(cur, what)
+            array_starts[key] = (elem_type, start)
         else:
             scalars[key] = _read_scalar(cur, vtype, what)
-    return scalars, array_lengths
+    return scalars, array_lengths, array_starts
 
 
 def _alignment(cur: _Cursor, scalars: dict[str, object], array_lengths: dict[str, int]) -> int:
@@ -358,51 +411,56 @@ def validate_gguf(path: str | os.PathLike[str]) -> GGUFSummary:
     where = os.fspath(path)
     f, size = _open_regular_file(path)
     with f:
-        cur = _Cursor(f, size, where)
         if size < HEADER_BYTES:
-            raise cur.fail(f"truncated header: file is {size} bytes, a GGUF header needs {HEADER_BYTES}")
-        magic = cur.read(4, "magic")
-        if magic != GGUF_MAGIC:
-            raise cur.fail(f"magic is {magic!r}, expected {GGUF_MAGIC!r}")
-        version = cur.u32("version")
-        if version not in SUPPORTED_VERSIONS:
-            if version and version & 0xFFFF == 0:  # how GGUFReader spots a byte-swapped header
-                raise cur.fail(f"version {version:#x} looks byte-swapped: big-endian GGUF files are not supported")
-            extra = " (version 1 used 32-bit counts and is not supported)" if version == 1 else ""
-            raise cur.fail(f"unsupported version {version}, expected one of {SUPPORTED_VERSIONS}{extra}")
-        tensor_count = cur.u64("tensor_count")
-        kv_count = cur.u64("kv_count")
-        if kv_count * MIN_KV_BYTES > cur.left:
-            raise cur.fail(
-                f"kv_count {kv_count} is absurd: each key/value needs at least {MIN_KV_BYTES} bytes, "
-                f"but only {cur.left} bytes are left in the file"
-            )
-        if tensor_count > MAX_TENSORS or tensor_count * MIN_TENSOR_INFO_BYTES > cur.left:
-            raise cur.fail(
-                f"tensor_count {tensor_count} is absurd: each tensor info needs at least "
-                f"{MIN_TENSOR_INFO_BYTES} bytes, {cur.left} bytes are left in the file (limit {MAX_TENSORS} tensors)"
-            )
-        if kv_count * MIN_KV_BYTES + tensor_count * MIN_TENSOR_INFO_BYTES > cur.left:
-            raise cur.fail(
-                f"kv_count {kv_count} and tensor_count {tensor_count} together need more than "
-                f"the {cur.left} bytes left in the file"
-            )
+            raise ValueError(f"bad GGUF file {where}: truncated header: file is {size} bytes, "
+                             f"a GGUF header needs {HEADER_BYTES}")
+        with mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) as buf:
+            return _validate(_Cursor(buf, size, where))
 
-        scalars, array_lengths = _read_metadata(cur, kv_count)
-        alignment = _alignment(cur, scalars, array_lengths)
 
-        raw_tensors = []
-        seen: set[str] = set()
-        for i in range(tensor_count):
-            info = _read_tensor_info(cur, i)
-            if info[0] in seen:
-                raise cur.fail(f"duplicate tensor name {info[0]!r}")
-            seen.add(info[0])
-            raw_tensors.append(info)
+def _validate(cur: _Cursor) -> GGUFSummary:
+    magic = cur.read(4, "magic")
+    if magic != GGUF_MAGIC:
+        raise cur.fail(f"magic is {magic!r}, expected {GGUF_MAGIC!r}")
+    version = cur.u32("version")
+    if version not in SUPPORTED_VERSIONS:
+        if version and version & 0xFFFF == 0:  # how GGUFReader spots a byte-swapped header
+            raise cur.fail(f"version {version:#x} looks byte-swapped: big-endian GGUF files are not supported")
+        extra = " (version 1 used 32-bit counts and is not supported)" if version == 1 else ""
+        raise cur.fail(f"unsupported version {version}, expected one of {SUPPORTED_VERSIONS}{extra}")
+    tensor_count = cur.u64("tensor_count")
+    kv_count = cur.u64("kv_count")
+    if kv_count > MAX_KV_PAIRS or kv_count * MIN_KV_BYTES > cur.left:
+        raise cur.fail(
+            f"kv_count {kv_count} is absurd: each key/value needs at least {MIN_KV_BYTES} bytes, "
+            f"{cur.left} bytes are left in the file (limit {MAX_KV_PAIRS} keys)"
+        )
+    if tensor_count > MAX_TENSORS or tensor_count * MIN_TENSOR_INFO_BYTES > cur.left:
+        raise cur.fail(
+            f"tensor_count {tensor_count} is absurd: each tensor info needs at least "
+            f"{MIN_TENSOR_INFO_BYTES} bytes, {cur.left} bytes are left in the file (limit {MAX_TENSORS} tensors)"
+        )
+    if kv_count * MIN_KV_BYTES + tensor_count * MIN_TENSOR_INFO_BYTES > cur.left:
+        raise cur.fail(
+            f"kv_count {kv_count} and tensor_count {tensor_count} together need more than "
+            f"the {cur.left} bytes left in the file"
+        )
 
-        # The data section starts at the first aligned offset after the infos.
-        data_offset = -(-cur.pos // alignment) * alignment
-        tensors = _check_tensors(cur, raw_tensors, alignment, data_offset)
+    scalars, array_lengths, array_starts = _read_metadata(cur, kv_count)
+    alignment = _alignment(cur, scalars, array_lengths)
+
+    raw_tensors = []
+    seen: set[str] = set()
+    for i in range(tensor_count):
+        info = _read_tensor_info(cur, i)
+        if info[0] in seen:
+            raise cur.fail(f"duplicate tensor name {info[0]!r}")
+        seen.add(info[0])
+        raw_tensors.append(info)
+
+    # The data section starts at the first aligned offset after the infos.
+    data_offset = -(-cur.pos // alignment) * alignment
+    tensors = _check_tensors(cur, raw_tensors, alignment, data_offset)
 
     return GGUFSummary(
         version=version,
@@ -410,8 +468,254 @@ def validate_gguf(path: str | os.PathLike[str]) -> GGUFSummary:
         kv_count=kv_count,
         alignment=alignment,
         data_offset=data_offset,
-        file_size=size,
+        file_size=cur.size,
         scalars=scalars,
         array_lengths=array_lengths,
         tensors=tensors,
+        array_starts=array_starts,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Model metadata against the tensor table
+# --------------------------------------------------------------------------------------------
+LLAMA_ARCHITECTURES = ("llama", "mistral", "qwen2")
+ARCHITECTURES = (*LLAMA_ARCHITECTURES, "gpt2")
+TOKEN_ARRAYS = ("tokenizer.ggml.token_type", "tokenizer.ggml.scores")  # one entry per token
+# The rotary tables (context_length x head size values, built with the model) may not outgrow
+# the weights in the file, except for this allowance, which every real model stays under.
+ROPE_ALLOWANCE = 1 << 22
+
+
+def _describe(layers: set[int]) -> str:
+    if not layers:
+        return "no blocks"
+    ordered = sorted(layers)
+    if ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"blocks {ordered[0]} to {ordered[-1]} ({len(ordered)} blocks)"
+    shown = ", ".join(map(str, ordered[:8])) + (", ..." if len(ordered) > 8 else "")
+    return f"blocks {shown} ({len(ordered)} blocks)"
+
+
+def check_model(summary: GGUFSummary, where: str) -> None:
+    """Refuse a file whose model metadata contradicts its tensor table, before anything is built.
+
+    Checks the architecture, the block count against the blocks present, every tensor's shape
+    against the widths and head counts the metadata declares (and no tensor is missing or foreign),
+    the vocabulary size and tokenizer arrays against the embedding rows, and the context length.
+    """
+
+    def fail(message: str) -> ValueError:
+        return ValueError(f"bad GGUF file {where}: {message}")
+
+    meta = summary.scalars
+    arch = meta.get("general.architecture")
+    if arch not in ARCHITECTURES:
+        raise fail(f"general.architecture {arch!r} is not supported (supported: {', '.join(sorted(ARCHITECTURES))})")
+
+    def integer(key: str, default: int | None = None) -> int:
+        full = f"{arch}.{key}"
+        if full in summary.array_lengths:
+            raise fail(f"{full} is an array (one value per layer), which lmforge does not support")
+        value = meta.get(full, default)
+        if value is None:
+            raise fail(f"missing metadata {full}")
+        if type(value) is not int or value <= 0:
+            raise fail(f"{full} is {value!r}, expected a positive integer")
+        return value
+
+    def number(key: str, default: float | None = None) -> None:
+        full = f"{arch}.{key}"
+        value = meta.get(full, default)
+        if value is None:
+            raise fail(f"missing metadata {full}")
+        if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+            raise fail(f"{full} is {value!r}, expected a positive number")
+
+    n_layers, dim = integer("block_count"), integer("embedding_length")
+    n_heads, ffn, context = integer("attention.head_count"), integer("feed_forward_length"), integer("context_length")
+    heads, ffn_key = f"{arch}.attention.head_count", f"{arch}.feed_forward_length"
+    width = f"{arch}.embedding_length"
+    tensors = {t.name: t for t in summary.tensors}
+
+    layers = set()
+    for name in tensors:
+        parts = name.split(".")
+        if len(parts) > 2 and parts[0] == "blk" and parts[1].isdigit():
+            layers.add(int(parts[1]))
+    if len(layers) != n_layers or max(layers, default=-1) != n_layers - 1:  # i.e. layers != {0, ..., n - 1}
+        raise fail(f"{arch}.block_count is {n_layers} but the tensor table has {_describe(layers)}")
+
+    embedding = tensors.get("token_embd.weight")
+    if embedding is None or len(embedding.shape) != 2:
+        raise fail("tensor 'token_embd.weight' is missing or not a matrix")
+    if embedding.shape[0] != dim:
+        raise fail(f"{width} is {dim} but token_embd.weight rows hold {embedding.shape[0]} values")
+    vocab = embedding.shape[1]
+    declared = meta.get(f"{arch}.vocab_size")
+    if declared is not None and declared != vocab:
+        raise fail(f"{arch}.vocab_size is {declared!r} but token_embd.weight has {vocab} rows (one per token)")
+    n_tokens = summary.array_lengths.get("tokenizer.ggml.tokens")
+    if n_tokens is not None and n_tokens != vocab:
+        raise fail(f"tokenizer.ggml.tokens has {n_tokens} entries but token_embd.weight has {vocab} rows (one per token)")
+    for key in TOKEN_ARRAYS:
+        if key in summary.array_lengths and summary.array_lengths[key] != vocab:
+            raise fail(f"{key} has {summary.array_lengths[key]} entries but the vocabulary has {vocab} tokens")
+
+    # Expected shape of every tensor, GGUF order (row length first); each size names its source.
+    D, V, F = (dim, width), (vocab, "the vocabulary (token_embd.weight rows)"), (ffn, ffn_key)
+    top: dict[str, tuple] = {"token_embd.weight": (D, V), "output_norm.weight": (D,)}
+    optional = {"output.weight": (D, V)}
+    if arch == "gpt2":
+        if dim % n_heads:
+            raise fail(f"{width} {dim} is not divisible by {heads} {n_heads}")
+        top.update({"position_embd.weight": (D, (context, f"{arch}.context_length")), "output_norm.bias": (D,)})
+        Q3 = (3 * dim, f"3 x {width}")
+        block = {"attn_norm.weight": (D,), "attn_norm.bias": (D,), "attn_qkv.weight": (D, Q3), "attn_qkv.bias": (Q3,),
+                 "attn_output.weight": (D, D), "attn_output.bias": (D,), "ffn_norm.weight": (D,), "ffn_norm.bias": (D,),
+                 "ffn_up.weight": (D, F), "ffn_up.bias": (F,), "ffn_down.weight": (F, D), "ffn_down.bias": (D,)}
+    else:
+        kv_heads = integer("attention.head_count_kv", n_heads)
+        kv_key = f"{arch}.attention.head_count_kv"
+        if n_heads % kv_heads:
+            raise fail(f"{heads} {n_heads} is not a multiple of {kv_key} {kv_heads}")
+        if f"{arch}.attention.key_length" in meta:
+            head_size = integer("attention.key_length")
+            size_source = f"{arch}.attention.key_length"
+        elif dim % n_heads:
+            raise fail(f"{width} {dim} is not divisible by {heads} {n_heads} (and no {arch}.attention.key_length)")
+        else:
+            head_size = dim // n_heads
+            size_source = f"{width} / {heads}"
+        if integer("attention.value_length", head_size) != head_size:
+            raise fail(f"{arch}.attention.value_length differs from the head size {head_size}: not supported")
+        if integer("rope.dimension_count", head_size) != head_size:
+            raise fail(f"{arch}.rope.dimension_count {meta[f'{arch}.rope.dimension_count']} differs from the head "
+                       f"size {head_size}: partial rotary embeddings are not supported")
+        if head_size % 2:
+            raise fail(f"head size {head_size} is odd: rotary embeddings need an even head size")
+        number("attention.layer_norm_rms_epsilon")
+        number("rope.freq_base", 10000.0)
+        rope, weights = context * head_size, sum(t.n_elements for t in summary.tensors)
+        if rope > max(weights, ROPE_ALLOWANCE):
+            raise fail(f"{arch}.context_length {context} is absurd for this model: its rotary tables ({context} "
+                       f"positions x head size {head_size}) would outgrow all {weights} weights in the file")
+        Q = (n_heads * head_size, f"{heads} x head size {head_size} ({size_source})")
+        KV = (kv_heads * head_size, f"{kv_key} x head size {head_size} ({size_source})")
+        block = {"attn_norm.weight": (D,), "attn_q.weight": (D, Q), "attn_k.weight": (D, KV), "attn_v.weight": (D, KV),
+                 "attn_output.weight": (Q, D), "ffn_norm.weight": (D,), "ffn_gate.weight": (D, F),
+                 "ffn_up.weight": (D, F), "ffn_down.weight": (F, D)}
+        if arch == "qwen2":
+            block.update({"attn_q.bias": (Q,), "attn_k.bias": (KV,), "attn_v.bias": (KV,)})
+    if arch == "gpt2":
+        number("attention.layer_norm_epsilon")
+
+    expected = {**top, **{f"blk.{i}.{suffix}": shape for i in range(n_layers) for suffix, shape in block.items()}}
+    for name, info in tensors.items():
+        shape = expected.get(name, optional.get(name))
+        if shape is None:
+            if name.startswith("rope_freqs"):
+                raise fail(f"tensor {name!r}: scaled rotary frequencies are not supported")
+            raise fail(f"tensor {name!r} is not part of a {arch} model")
+        if len(info.shape) != len(shape):
+            raise fail(f"tensor {name!r} has {len(info.shape)} dimensions {list(info.shape)}, expected {len(shape)}")
+        for axis, (got, (size, source)) in enumerate(zip(info.shape, shape)):
+            if got != size:
+                raise fail(f"tensor {name!r} has shape {list(info.shape)} (GGUF order): dimension {axis} is {got}, "
+                           f"but {source} gives {size}")
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        raise fail(f"tensor {missing[0]!r} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+# --------------------------------------------------------------------------------------------
+# Opening a checked file
+# --------------------------------------------------------------------------------------------
+# Arrays a loader needs (the tokenizer's); other arrays are counted and checked, never decoded.
+DECODED_ARRAYS = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.scores", "tokenizer.ggml.merges")
+_NUMPY_TYPES = {
+    GGUFValueType.UINT8: "<u1", GGUFValueType.INT8: "<i1", GGUFValueType.UINT16: "<u2", GGUFValueType.INT16: "<i2",
+    GGUFValueType.UINT32: "<u4", GGUFValueType.INT32: "<i4", GGUFValueType.FLOAT32: "<f4", GGUFValueType.BOOL: "<u1",
+    GGUFValueType.UINT64: "<u8", GGUFValueType.INT64: "<i8", GGUFValueType.FLOAT64: "<f8",
+}
+# How gguf.GGUFReader lays tensor data out: these types as their numpy type, the rest as raw bytes.
+_PLAIN_TENSOR_TYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "<i1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of an opened file, with the attributes of `gguf.ReaderTensor` that loaders use."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: tuple[int, ...]  # GGUF order: row length first
+    n_elements: int
+    n_bytes: int
+    data_offset: int  # absolute file offset
+    # Read-only view of the file: plain types as [rows..., row] numbers, quantized ones as
+    # [rows..., row bytes] uint8, as `gguf.quants.dequantize` takes them.
+    data: np.ndarray
+
+
+@dataclass(frozen=True)
+class GGUFFile:
+    """A validated GGUF file whose metadata agrees with its tensors."""
+
+    summary: GGUFSummary
+    metadata: dict[str, Any]  # scalars, plus the tokenizer arrays as lists
+    tensors: list[GGUFTensor]
+
+
+def _decode_array(buf: mmap.mmap, elem_type: GGUFValueType, start: int, count: int, what: str, fail) -> list:
+    if elem_type == GGUFValueType.STRING:
+        out, pos, unpack = [], start, _U64.unpack_from
+        for i in range(count):  # lengths were checked by validate_gguf
+            n = unpack(buf, pos)[0]
+            try:
+                out.append(buf[pos + 8:pos + 8 + n].decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise fail(f"{what}[{i}] is not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+            pos += 8 + n
+        return out
+    if elem_type not in _NUMPY_TYPES:
+        raise fail(f"{what} is an array of {elem_type.name}, expected strings or numbers")
+    values = np.frombuffer(buf, dtype=_NUMPY_TYPES[elem_type], count=count, offset=start)
+    return values.astype(bool).tolist() if elem_type == GGUFValueType.BOOL else values.tolist()
+
+
+def open_gguf(path: str | os.PathLike[str]) -> GGUFFile:
+    """Validate `path`, check its model metadata against its tensors, then open it.
+
+    Only after both checks pass are the tokenizer arrays decoded and the file memory-mapped;
+    tensor data stays in the file until a loader reads it.
+    """
+    where = os.fspath(path)
+    summary = validate_gguf(path)
+    check_model(summary, where)
+
+    def fail(message: str) -> ValueError:
+        return ValueError(f"bad GGUF file {where}: {message}")
+
+    data = np.memmap(where, dtype=np.uint8, mode="r")
+    if data.size != summary.file_size:
+        raise fail(f"the file changed size while being opened ({summary.file_size} -> {data.size} bytes)")
+    metadata: dict[str, Any] = dict(summary.scalars)
+    buf = data.base if isinstance(data.base, mmap.mmap) else memoryview(data)
+    for key in DECODED_ARRAYS:
+        if key in summary.array_starts:
+            elem_type, start = summary.array_starts[key]
+            metadata[key] = _decode_array(buf, elem_type, start, summary.array_lengths[key], f"metadata key {key!r}", fail)
+
+    tensors = []
+    for info in summary.tensors:
+        kind = GGMLQuantizationType[info.ggml_type]
+        start = summary.data_offset + info.offset
+        rows = tuple(reversed(info.shape))
+        raw = data[start:start + info.n_bytes]
+        if info.ggml_type in _PLAIN_TENSOR_TYPES:
+            view = raw.view(_PLAIN_TENSOR_TYPES[info.ggml_type]).reshape(rows)
+        else:
+            block_size, type_size = GGML_QUANT_SIZES[kind]
+            view = raw.reshape(*rows[:-1], rows[-1] // block_size * type_size)
+        tensors.append(GGUFTensor(info.name, kind, info.shape, info.n_elements, info.n_bytes, start, view))
+    return GGUFFile(summary, metadata, tensors)

@@ -6,7 +6,7 @@ source. We translate that name into the equivalent `tokenizers` pre-tokenizer so
 match what llama.cpp (and the model's original tokenizer.json) produce.
 
 Only byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is supported. The input is a plain mapping
-of GGUF key -> Python value (arrays as lists), e.g. what `lmforge.io.gguf.read_metadata` returns.
+of GGUF key -> Python value (arrays as lists), e.g. `lmforge.io.gguf_validate.open_gguf(path).metadata`.
 Everything is validated first, so a malformed file fails with a `ValueError` naming the field.
 """
 
