@@ -52,7 +52,8 @@ from typing import Any, BinaryIO
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-__all__ = ["GGUFFile", "GGUFSummary", "GGUFTensor", "TensorInfo", "check_model", "open_gguf", "validate_gguf"]
+__all__ = ["GGUFFile", "GGUFSummary", "GGUFTensor", "TensorInfo", "check_model", "context_too_long", "open_gguf",
+           "validate_gguf"]
 
 GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -487,6 +488,11 @@ TOKEN_ARRAYS = ("tokenizer.ggml.token_type", "tokenizer.ggml.scores")  # one ent
 ROPE_ALLOWANCE = 1 << 22
 
 
+def context_too_long(context: int, head_size: int, weights: int) -> bool:
+    """Whether rotary tables for `context` positions would outgrow a model of `weights` weights."""
+    return context * head_size > max(weights, ROPE_ALLOWANCE)
+
+
 def _describe(layers: set[int]) -> str:
     if not layers:
         return "no blocks"
@@ -596,8 +602,8 @@ def check_model(summary: GGUFSummary, where: str) -> None:
             raise fail(f"head size {head_size} is odd: rotary embeddings need an even head size")
         number("attention.layer_norm_rms_epsilon")
         number("rope.freq_base", 10000.0)
-        rope, weights = context * head_size, sum(t.n_elements for t in summary.tensors)
-        if rope > max(weights, ROPE_ALLOWANCE):
+        weights = sum(t.n_elements for t in summary.tensors)
+        if context_too_long(context, head_size, weights):
             raise fail(f"{arch}.context_length {context} is absurd for this model: its rotary tables ({context} "
                        f"positions x head size {head_size}) would outgrow all {weights} weights in the file")
         Q = (n_heads * head_size, f"{heads} x head size {head_size} ({size_source})")

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lmforge.core.config import ModelConfig
+from lmforge.io.gguf_validate import context_too_long
 from lmforge.model.heads import SCORE_NAME, ScalarHeadModel
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
@@ -122,6 +123,57 @@ def normalise_gpt2_names(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+# config.json's name for each ModelConfig field a tensor shape depends on.
+_HF_FIELDS = {
+    "llama": {"vocab_size": "vocab_size", "dim": "hidden_size", "n_layers": "num_hidden_layers",
+              "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+              "ffn_dim": "intermediate_size", "max_seq_len": "max_position_embeddings"},
+    "gpt2": {"vocab_size": "vocab_size", "dim": "n_embd", "n_layers": "n_layer", "n_heads": "n_head",
+             "ffn_dim": "n_inner", "max_seq_len": "n_positions"},
+}
+# Which fields each tensor's shape comes from, by the end of its name.
+_SHAPE_SOURCES = (
+    (("embed_tokens.weight", "wte.weight", "lm_head.weight"), ("vocab_size", "dim")),
+    (("wpe.weight",), ("max_seq_len", "dim")),
+    (("q_proj.weight", "q_proj.bias", "o_proj.weight"), ("n_heads", "head_dim", "dim")),
+    (("k_proj.weight", "k_proj.bias", "v_proj.weight", "v_proj.bias"), ("n_kv_heads", "head_dim", "dim")),
+    (("q_norm.weight", "k_norm.weight"), ("head_dim",)),
+    (("gate_proj.weight", "up_proj.weight", "down_proj.weight", "c_fc.weight", "c_fc.bias", "mlp.c_proj.weight",
+      "gate_proj.bias", "up_proj.bias"), ("ffn_dim", "dim")),
+)
+
+
+def check_config_against_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str,
+                                  hf_names: bool = True) -> None:
+    """Refuse a config.json that contradicts the safetensors shapes, naming the field, before the
+    model is built (the layer count and context length are checked before even a meta-device build)."""
+    names = _HF_FIELDS[config.family] if hf_names else {}
+
+    def field(attr: str) -> str:
+        value = config.head_size if attr == "head_dim" else config.kv_heads if attr == "n_kv_heads" else getattr(config, attr)
+        return f"{names.get(attr, attr)}={value}"
+
+    prefix = "model.layers." if config.family == "llama" else "transformer.h."
+    layers = {int(k[len(prefix):].split(".", 1)[0]) for k in tensors
+              if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}
+    if len(layers) != config.n_layers or max(layers, default=-1) != config.n_layers - 1:
+        held = f"layers {min(layers)} to {max(layers)} ({len(layers)} layers)" if layers else "no layers"
+        raise ValueError(f"{where}: {field('n_layers')} but the safetensors hold {held}")
+    weights = sum(t.numel() for t in tensors.values())
+    if config.family == "llama" and context_too_long(config.max_seq_len, config.head_size, weights):
+        raise ValueError(f"{where}: {field('max_seq_len')} is absurd for this model: its rotary tables "
+                         f"({config.max_seq_len} x head size {config.head_size}) would outgrow its {weights} weights")
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in Transformer(config).state_dict().items()}
+    for key, value in tensors.items():
+        shape = expected.get(key)
+        if shape is None or tuple(value.shape) == shape:
+            continue  # unknown names are reported by Transformer.from_state_dict
+        sources = next((attrs for ends, attrs in _SHAPE_SOURCES if key.endswith(ends)), ("dim",))
+        raise ValueError(f"{where}: tensor {key} has shape {list(value.shape)}, but "
+                         f"{', '.join(field(a) for a in sources)} give {list(shape)}")
+
+
 def load_pretrained(folder: str | os.PathLike, dtype: torch.dtype | None = torch.float32,
                     device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer | None]:
     """Load a Hugging Face (or lmforge checkpoint) folder: model in `dtype`, tokenizer if present."""
@@ -136,6 +188,7 @@ def load_pretrained(folder: str | os.PathLike, dtype: torch.dtype | None = torch
     tensors = read_safetensors(folder)
     if config.family == "gpt2":
         tensors = normalise_gpt2_names(tensors)
+    check_config_against_tensors(config, tensors, str(folder / "config.json"), "lmforge_config" not in raw)
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     model = Transformer.from_state_dict(config, tensors, device=device)

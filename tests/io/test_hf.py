@@ -95,3 +95,42 @@ def test_pickled_only_folder_is_refused(tmp_path):
 def test_incompatibilities_are_named():
     assert hf_incompatibilities(ModelConfig(qk_norm=True, logit_softcap=30.0)) == ["qk_norm", "logit_softcap"]
     assert hf_incompatibilities(ModelConfig()) == []
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes", "match"),
+    [
+        ("llama", {"num_hidden_layers": 3}, r"num_hidden_layers=3 but the safetensors hold layers 0 to 1 \(2 layers\)"),
+        ("llama", {"num_hidden_layers": 10**9}, "num_hidden_layers=1000000000 but"),
+        ("llama", {"hidden_size": 128}, r"has shape \[211, 64\], but vocab_size=211, hidden_size=128 give \[211, 128\]"),
+        ("llama", {"vocab_size": 300}, r"has shape \[211, 64\], but vocab_size=300, hidden_size=64 give \[300, 64\]"),
+        ("llama", {"num_key_value_heads": 4}, r"k_proj.weight has shape \[32, 64\], but num_key_value_heads=4, head_dim=16"),
+        ("llama", {"num_attention_heads": 2, "head_dim": 16}, r"o_proj.weight has shape \[64, 64\], but num_attention_heads=2, head_dim=16, hidden_size=64 give \[64, 32\]"),
+        ("llama", {"intermediate_size": 128}, r"down_proj.weight has shape \[64, 96\], but intermediate_size=128, hidden_size=64 give \[64, 128\]"),
+        ("llama", {"max_position_embeddings": 2**40}, "max_position_embeddings=1099511627776 is absurd for this model"),
+        ("gpt2", {"n_positions": 64}, r"wpe.weight has shape \[128, 64\], but n_positions=64, n_embd=64 give \[64, 64\]"),
+        ("gpt2", {"n_layer": 1}, "n_layer=1 but the safetensors hold layers 0 to 1"),
+    ],
+)
+def test_config_contradicting_tensors_is_refused_before_building(tmp_path, monkeypatch, kind, changes, match):
+    _hf_models()[kind].save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, **changes}))
+
+    def built(*args, **kwargs):
+        raise AssertionError("the model was built before the config was checked")
+
+    monkeypatch.setattr(Transformer, "from_state_dict", built)
+    with pytest.raises(ValueError, match=match) as info:
+        load_pretrained(tmp_path)
+    assert str(tmp_path / "config.json") in str(info.value)
+
+
+def test_lmforge_config_contradicting_tensors_names_our_field(tmp_path):
+    config = ModelConfig(vocab_size=50, dim=32, n_layers=1, n_heads=2, max_seq_len=16, qk_norm=True)
+    save_pretrained(Transformer(config), None, tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["lmforge_config"]["ffn_dim"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"down_proj.weight has shape \[32, 256\], but ffn_dim=64, dim=32 give \[32, 64\]"):
+        load_pretrained(tmp_path)
