@@ -6,6 +6,9 @@
     lmforge eval --task add --chat --limit 200 --max-new-tokens 16   # a generated task, as fine-tuning scores it
     lmforge eval --task ppl:../shared/data/tinyshakespeare.txt --limit 20000
     lmforge eval --task jsonl:my_task.jsonl --shots 0,3 --chat
+    lmforge eval --task humaneval --samples 20 --temperature 0.8 --max-new-tokens 384   # pass@1, pass@10
+    lmforge eval --task summarize --shots 1                 # ROUGE; translate: chrF and BLEU
+    lmforge eval --task open_ended --chat --judge PATH      # judged against references, both orders
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="evaluate a model on a benchmark (zero/few-shot, chat, chain-of-thought, perplexity)",
         description="Tasks: arc_easy, arc_challenge (multiple choice by log-likelihood), gsm8k (generation, "
                     "numeric answer), icl (in-context-learning probe), add, multiply, count, reverse, convert (the "
-                    "generated fine-tuning tasks, held-out questions), ppl:PATH (perplexity and bits per byte "
-                    "of a .txt, or a .jsonl with 'text'), jsonl:PATH (your own task, see lmforge.eval.tasks.jsonl_task).",
+                    "generated fine-tuning tasks, held-out questions), humaneval (code run in the sandbox, pass@k), "
+                    "summarize (ROUGE), translate (chrF, BLEU), open_ended (judged by a model), ppl:PATH (perplexity "
+                    "and bits per byte of a .txt, or a .jsonl with 'text'), jsonl:PATH (your own task: multiple "
+                    "choice, generation with a 'metric', code with 'prompt'/'tests'/'entry_point', or judged; see "
+                    "lmforge.eval.tasks.jsonl_task).",
     )
     add_model_flags(parser)
     parser.add_argument("--task", required=True, help="task name or ppl:PATH / jsonl:PATH")
@@ -56,18 +62,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--run-dir", type=Path, default=None,
                         help="a run folder: results go to RUN_DIR/eval/TASK.json (+ .png) for `lmforge report` (default: none)")
     parser.add_argument("--no-samples", action="store_true", help="leave per-item samples out of the results")
+    code = parser.add_argument_group("code tasks (humaneval, jsonl code lines)")
+    code.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k needs k of them)")
+    code.add_argument("--temperature", type=float, default=0.0,
+                      help="sampling temperature of code completions; 0 = greedy (needs > 0 with several samples)")
+    code.add_argument("--top-p", type=float, default=None, help="nucleus sampling of code completions (default: off)")
+    code.add_argument("--pass-k", default="1,10,100", help="the k of pass@k, reported where k <= --samples")
+    code.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds of wall clock per program")
+    code.add_argument("--workers", type=int, default=None, help="programs run at a time (default: the CPU count)")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of confidence intervals")
+    judged = parser.add_argument_group("judged tasks (open_ended, jsonl lines with \"metric\": \"judge\")")
+    judged.add_argument("--judge", default=None,
+                        help="the judging model: a name, GGUF file, folder or hub id (default: the embedded model)")
+    judged.add_argument("--judge-mode", choices=("pairwise", "rubric"), default="pairwise",
+                        help="pairwise: against the references (or --baseline), both orders; rubric: a grade 1-5")
+    judged.add_argument("--baseline", default=None,
+                        help="pairwise opponent: a model whose answers replace the task's references (default: none)")
     parser.add_argument("--show-prompt", action="store_true", help="print the first item's prompt for each shot count")
     parser.set_defaults(func=run)
 
 
-def parse_shots(text: str) -> tuple[int, ...]:
+def parse_shots(text: str, flag: str = "--shots") -> tuple[int, ...]:
     try:
         shots = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise ValueError(f"--shots must be integers separated by commas, got {text!r}") from None
+        raise ValueError(f"{flag} must be integers separated by commas, got {text!r}") from None
     if not shots or any(k < 0 for k in shots):
-        raise ValueError(f"--shots must be non-negative integers, got {text!r}")
+        raise ValueError(f"{flag} must be non-negative integers, got {text!r}")
     return tuple(dict.fromkeys(shots))
+
+
+def _judge_and_baseline(args: argparse.Namespace, kind: str, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    """The judge (the embedded model unless --judge) and the --baseline model of a judged task;
+    a model named twice is loaded once."""
+    if kind != "judged":
+        if args.judge or args.baseline:
+            raise ValueError("--judge and --baseline apply to judged tasks (open_ended, jsonl with metric judge)")
+        return None, None
+    from lmforge.core.device import parse_device, parse_dtype
+    from lmforge.eval.judge import Judge
+    from lmforge.io.registry import DEFAULT_MODEL, load_model
+
+    loaded = {args.model: (model, tokenizer)}
+
+    def get(name: str) -> tuple[Any, Any]:
+        if name not in loaded:
+            loaded[name] = load_model(name, dtype=parse_dtype(args.dtype), device=parse_device(args.device))
+        return loaded[name]
+
+    judge_name = args.judge or DEFAULT_MODEL
+    judge = Judge(*get(judge_name), name=judge_name, batch_size=min(args.batch_size, 16),
+                  max_batch_tokens=args.max_batch_tokens)
+    return judge, (get(args.baseline) if args.baseline else None)
 
 
 def _format(value: Any) -> str:
@@ -82,13 +128,15 @@ def _table(results: dict[str, Any]) -> str:
     lines = []
     for run in results["runs"]:
         metrics = run["metrics"]
-        shown = {k: v for k, v in metrics.items() if not k.endswith("_stderr") and k != "logprob"}
+        shown = {k: v for k, v in metrics.items() if not k.endswith(("_stderr", "_ci")) and k != "logprob"}
         parts = []
         for key, value in shown.items():
-            stderr = metrics.get(f"{key}_stderr")
-            text = _format(value)
+            stderr, interval = metrics.get(f"{key}_stderr"), metrics.get(f"{key}_ci")
+            text = _format(value) if not isinstance(value, dict) else " ".join(f"{k}:{v}" for k, v in value.items())
             if isinstance(stderr, float) and not math.isnan(stderr):
                 text += f" ± {stderr:.4f}"
+            if isinstance(interval, list) and len(interval) == 2 and not any(map(math.isnan, interval)):
+                text += f" [{interval[0]:.4f}, {interval[1]:.4f}]"
             parts.append(f"{key}={text}")
         lines.append(f"{results['task']} shots={run['shots']} n={run['n']}: " + ", ".join(parts) + f"  ({run['wall_s']:.1f}s)")
     return "\n".join(lines)
@@ -103,12 +151,16 @@ def run(args: argparse.Namespace) -> int:
     config = EvalConfig(shots=shots, limit=args.limit, chat=args.chat, cot=args.cot, seed=args.seed, system=args.system,
                         batch_size=args.batch_size, max_batch_tokens=args.max_batch_tokens,
                         max_new_tokens=args.max_new_tokens, max_len=args.max_len, stride=args.stride,
-                        keep_samples=not args.no_samples)
+                        keep_samples=not args.no_samples, samples=args.samples, temperature=args.temperature,
+                        top_p=args.top_p, pass_k=parse_shots(args.pass_k, "--pass-k"),
+                        sandbox_timeout_s=args.sandbox_timeout, workers=args.workers, resamples=args.resamples,
+                        judge_mode=args.judge_mode)
     task = load_task(args.task, args.data, split=args.split, seed=args.seed)  # data errors before the model loads
     if args.chat and task.kind == "perplexity":
         raise ValueError("--chat does not apply to perplexity tasks")
     started = time.perf_counter()
     model, tokenizer = load_from_args(args)
+    judge, baseline = _judge_and_baseline(args, task.kind, model, tokenizer)
     load_s = time.perf_counter() - started
     if args.show_prompt and task.kind != "perplexity":
         from lmforge.eval.prompts import chat_messages, describe_prompt, plain_prompt, select_shots
@@ -119,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                     else plain_prompt(task, task.docs[0], picked, args.cot))
             print(f"--- prompt of the first item, {k} shots ---\n{text}\n---", file=sys.stderr)
     with ProgressDisplay(stream=sys.stderr) as progress:  # stderr: a piped stdout gets the results only
-        results = evaluate(model, tokenizer, task, config, progress)
+        results = evaluate(model, tokenizer, task, config, progress, judge=judge, baseline=baseline)
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["device"] = str(model.lm_head.weight.device)

@@ -19,9 +19,15 @@ from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from lmforge.core.files import write_text_atomically
 from lmforge.core.progress import ProgressDisplay
+from lmforge.core.sandbox import SandboxConfig
+from lmforge.eval.code import score_code
 from lmforge.eval.extract import exact_match, extract_answer, is_number, numeric_match, strict_match
+from lmforge.eval.judge import Judge, judge_pairwise, judge_rubric
+from lmforge.eval.metrics import SIMILARITY_METRICS, similarity_metrics
 from lmforge.eval.prompts import (
     chat_messages,
     describe_prompt,
@@ -32,7 +38,7 @@ from lmforge.eval.prompts import (
     select_shots,
 )
 from lmforge.eval.tasks import Task
-from lmforge.infer.engine import Engine
+from lmforge.infer.engine import Completion, Engine
 from lmforge.infer.sampling import SamplingParams
 from lmforge.infer.scoring import rolling_windows, score_continuations, score_rolling
 from lmforge.model.transformer import Transformer
@@ -59,9 +65,28 @@ class EvalConfig:
     max_len: int | None = None  # perplexity window (default: the model context)
     stride: int | None = None  # perplexity: tokens scored per window (default: max_len)
     keep_samples: bool = True  # per-document predictions in the results
+    # Sampled generation (code: several samples per problem for pass@k) -------------------------
+    samples: int = 1  # completions per problem (code tasks)
+    temperature: float = 0.0  # 0: greedy
+    top_p: float | None = None
+    pass_k: tuple[int, ...] = (1, 10, 100)  # reported where k <= samples
+    sandbox_timeout_s: float = 10.0  # wall clock per program run
+    workers: int | None = None  # programs run at a time (default: the CPU count)
+    resamples: int = 1000  # bootstrap resamples of confidence intervals
+    judge_mode: str = "pairwise"  # judged tasks: pairwise (against references or a baseline) or rubric
 
     def __post_init__(self) -> None:
         problems = []
+        if self.samples < 1 or self.resamples < 1 or (self.workers is not None and self.workers < 1):
+            problems.append("samples, resamples and workers must be positive")
+        if self.samples > 1 and self.temperature <= 0:
+            problems.append(f"{self.samples} samples per problem need a temperature > 0 (greedy samples are identical)")
+        if not 0 <= self.temperature <= 100 or (self.top_p is not None and not 0 < self.top_p <= 1):
+            problems.append(f"temperature must be in [0, 100] and top_p in (0, 1], got {self.temperature}, {self.top_p}")
+        if not self.pass_k or any(k < 1 for k in self.pass_k) or not self.sandbox_timeout_s > 0:
+            problems.append("pass_k must be positive integers and sandbox_timeout_s positive")
+        if self.judge_mode not in ("pairwise", "rubric"):
+            problems.append(f"judge_mode must be pairwise or rubric, got {self.judge_mode!r}")
         if not self.shots or any(not isinstance(k, int) or k < 0 for k in self.shots):
             problems.append(f"shots must be non-negative integers, got {self.shots!r}")
         if self.limit is not None and self.limit < 1:
@@ -77,12 +102,21 @@ class EvalConfig:
             raise ValueError("invalid eval config: " + "; ".join(problems))
 
 
-def primary_metric(kind: str, metrics: dict[str, Any]) -> str:
+def primary_metric(kind: str, metrics: dict[str, Any], metric: str = "") -> str:
     """The headline metric of a run: acc (multiple choice), accuracy (generation: the extracted
     answer, numbers compared by value and text by exact match, over every document) or bits_per_byte.
 
     Generation runs also report exact_match (the extracted answer equals the gold text),
-    strict_match (the whole reply is the answer, nothing around it) and numeric_match."""
+    strict_match (the whole reply is the answer, nothing around it) and numeric_match. A task's
+    `metric` overrides: rouge -> rougeL, bleu, chrf, exact -> exact_match, numeric -> numeric_match.
+    Code: pass@1; judged: win_rate (pairwise) or rubric_score."""
+    if kind == "code":
+        return "pass@1"
+    if kind == "judged":
+        return "rubric_score" if "rubric_score" in metrics else "win_rate"
+    if kind == "generation" and metric:
+        return {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf", "exact": "exact_match",
+                "numeric": "numeric_match"}[metric]
     if kind == "multiple_choice":
         return "acc"
     if kind == "generation":
@@ -102,18 +136,22 @@ def _mean_stderr(values: Sequence[float]) -> tuple[float, float]:
 
 
 def evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig = EvalConfig(),
-             progress: ProgressDisplay | None = None) -> dict[str, Any]:
-    """Evaluate `task` once per entry of `config.shots`; `progress` shows a bar per pass."""
+             progress: ProgressDisplay | None = None, *, judge: Judge | None = None,
+             baseline: tuple[Transformer, Tokenizer] | None = None) -> dict[str, Any]:
+    """Evaluate `task` once per entry of `config.shots`; `progress` shows a bar per pass.
+    Judged tasks need a `judge`; their pairwise opponent is `baseline`'s answers when given,
+    else the task's reference answers."""
     progress = progress or ProgressDisplay(enabled=False)
     was_training = model.training  # the engine and the scorer switch to eval mode; put it back after
     try:
-        return _evaluate(model, tokenizer, task, config, progress)
+        return _evaluate(model, tokenizer, task, config, progress, judge, baseline)
     finally:
         model.train(was_training)
 
 
 def _evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig,
-              progress: ProgressDisplay) -> dict[str, Any]:
+              progress: ProgressDisplay, judge: Judge | None = None,
+              baseline: tuple[Transformer, Tokenizer] | None = None) -> dict[str, Any]:
     if config.cot and task.kind != "generation":
         raise ValueError(f"--cot applies to generation tasks; {task.name} is scored by {task.kind.replace('_', ' ')}")
     if task.kind == "perplexity" and config.shots != (0,):
@@ -128,6 +166,10 @@ def _evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: Eval
             run = _multiple_choice(model, tokenizer, task, k, config, progress)
         elif task.kind == "generation":
             run = _generation(model, tokenizer, task, k, config, progress)
+        elif task.kind == "code":
+            run = _code(model, tokenizer, task, k, config, progress)
+        elif task.kind == "judged":
+            run = _judged(model, tokenizer, task, k, config, progress, judge, baseline)
         else:
             run = _perplexity(model, tokenizer, task, config, progress)
         run["wall_s"] = round(time.perf_counter() - begin, 3)
@@ -140,7 +182,7 @@ def _evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: Eval
         "source": task.source,
         "chance": task.chance,
         "shots_per_class": task.shots_per_class,
-        "primary_metric": primary_metric(task.kind, runs[0]["metrics"]),
+        "primary_metric": primary_metric(task.kind, runs[0]["metrics"], task.metric),
         "config": dataclasses.asdict(config),
         "runs": runs,
         "wall_s": round(time.perf_counter() - started, 3),
@@ -214,8 +256,9 @@ def _multiple_choice(model: Transformer, tokenizer: Tokenizer, task: Task, k: in
             "example_prompt": _example_prompt(task, k, config), "samples": samples}
 
 
-def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
-                progress: ProgressDisplay) -> dict[str, Any]:
+def _generation_prompts(model: Transformer, tokenizer: Tokenizer, task: Task, k: int,
+                        config: EvalConfig) -> tuple[list[list[int]], int]:
+    """Token ids of every document's generation prompt, and how many lost their oldest shots to fit."""
     budget = model.config.max_seq_len - config.max_new_tokens
     if budget < 1:
         raise ValueError(f"max_new_tokens={config.max_new_tokens} leaves no room for a prompt in the "
@@ -227,11 +270,30 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
         if len(ids) > budget:  # keep the question: drop the oldest shots' tokens
             ids, truncated = ids[-budget:], truncated + 1
         prompts.append(ids)
+    return prompts, truncated
+
+
+def _generate(model: Transformer, tokenizer: Tokenizer, task: Task, prompts: list[list[int]], config: EvalConfig,
+              progress: ProgressDisplay, label: str, sampled: bool = False) -> list[Completion]:
+    """Complete every prompt (greedy, or with the config's temperature/top_p when `sampled`)."""
     # Plain prompts stop where the model starts inventing the next question; chat stops at end of turn.
-    params = SamplingParams(max_new_tokens=config.max_new_tokens, stop=() if config.chat else task.prompt.stop)
+    stop = () if config.chat else task.prompt.stop
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, stop=stop,
+                            temperature=config.temperature if sampled else 0.0, top_p=config.top_p if sampled else None)
+    if sampled:
+        torch.manual_seed(config.seed)  # no per-request seed: copies of one prompt must differ
     engine = Engine(model, tokenizer, max_batch_size=config.batch_size)
-    progress.start(f"{task.name} {k}-shot{' CoT' if config.cot else ''}", len(prompts), counted=True)
-    completions = engine.generate(prompts, params, on_finish=progress.advance)
+    progress.start(label, len(prompts), counted=True)
+    return engine.generate(prompts, params, on_finish=progress.advance)
+
+
+def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
+                progress: ProgressDisplay) -> dict[str, Any]:
+    prompts, truncated = _generation_prompts(model, tokenizer, task, k, config)
+    completions = _generate(model, tokenizer, task, prompts, config, progress,
+                            f"{task.name} {k}-shot{' CoT' if config.cot else ''}")
+    if task.metric in SIMILARITY_METRICS:
+        return _similarity(task, k, config, completions, truncated)
     correct, exact, strict, numeric, found, samples = [], [], [], [], [], []
     for doc, completion in zip(task.docs, completions):
         numeric_gold = is_number(doc.answer)
@@ -257,6 +319,83 @@ def _generation(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, co
     metrics["mean_output_tokens"] = sum(c.completion_tokens for c in completions) / max(1, len(completions))
     return {"shots": k, "n": len(task.docs), "metrics": metrics, "truncated_prompts": truncated,
             "example_prompt": _example_prompt(task, k, config), "samples": samples}
+
+
+# -- text similarity, code, judged answers (lmforge.eval.metrics / code / judge) -------------------
+def _similarity(task: Task, k: int, config: EvalConfig, completions: list[Completion], truncated: int) -> dict[str, Any]:
+    """ROUGE, or BLEU and chrF, of the whole (stripped) answers against the references."""
+    candidates = [c.text.strip() for c in completions]
+    references = [doc.answer for doc in task.docs]
+    metrics = similarity_metrics(task.metric, candidates, references, resamples=config.resamples, seed=config.seed)
+    metrics["mean_output_tokens"] = sum(c.completion_tokens for c in completions) / max(1, len(completions))
+    samples = [{"id": doc.id, "reference": ref, "candidate": cand, "tokens": c.completion_tokens,
+                "finish": c.finish_reason} for doc, ref, cand, c in zip(task.docs, references, candidates, completions)]
+    return {"shots": k, "n": len(task.docs), "metrics": metrics, "truncated_prompts": truncated,
+            "example_prompt": _example_prompt(task, k, config), "samples": samples if config.keep_samples else []}
+
+
+def _code(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
+          progress: ProgressDisplay) -> dict[str, Any]:
+    """`config.samples` completions per problem, each run against the problem's tests in the sandbox."""
+    prompts, truncated = _generation_prompts(model, tokenizer, task, k, config)
+    n = config.samples
+    completions = _generate(model, tokenizer, task, [ids for ids in prompts for _ in range(n)], config, progress,
+                            f"{task.name}: {n} completion{'s' * (n > 1)} per problem", sampled=True)
+    texts = [[c.text for c in completions[i * n:(i + 1) * n]] for i in range(len(prompts))]
+    problems = [{"task_id": d.id, "prompt": d.question, "test": d.tests, "entry_point": d.entry_point} for d in task.docs]
+    progress.start(f"{task.name}: running the programs", len(completions), counted=True)
+    scored = score_code(problems, texts, chat=config.chat, ks=config.pass_k,
+                        sandbox=SandboxConfig(timeout_s=config.sandbox_timeout_s), workers=config.workers,
+                        on_finish=progress.advance, keep_samples=config.keep_samples, resamples=config.resamples,
+                        seed=config.seed)
+    metrics = scored["metrics"]
+    metrics["mean_output_tokens"] = sum(c.completion_tokens for c in completions) / max(1, len(completions))
+    return {"shots": k, "n": len(task.docs), "metrics": metrics, "truncated_prompts": truncated,
+            "sampling": {"samples": n, "temperature": config.temperature, "top_p": config.top_p},
+            "sandbox": scored["isolation"], "example_prompt": _example_prompt(task, k, config),
+            "samples": scored["samples"]}
+
+
+def _judged(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
+            progress: ProgressDisplay, judge: Judge | None,
+            baseline: tuple[Transformer, Tokenizer] | None) -> dict[str, Any]:
+    """Free-form answers, judged pairwise (both orders) against references or a baseline, or by rubric."""
+    if judge is None:
+        raise ValueError(f"{task.name} is judged by a model: give one (lmforge eval --judge MODEL)")
+    pairwise = config.judge_mode == "pairwise"
+    if pairwise and baseline is None and not all(doc.answer for doc in task.docs):
+        raise ValueError(f"pairwise judging of {task.name} needs reference answers on every item or a baseline "
+                         "model (--baseline MODEL); or grade each answer alone with --judge-mode rubric")
+    prompts, truncated = _generation_prompts(model, tokenizer, task, k, config)
+    answers = [c.text.strip() for c in _generate(model, tokenizer, task, prompts, config, progress,
+                                                 f"{task.name}: answers")]
+    questions, ids = [doc.question for doc in task.docs], [doc.id for doc in task.docs]
+    opponent, opponents = "", []
+    if pairwise:
+        if baseline is not None:
+            base_model, base_tokenizer = baseline
+            base_prompts, _ = _generation_prompts(base_model, base_tokenizer, task, k, config)
+            opponents = [c.text.strip() for c in _generate(base_model, base_tokenizer, task, base_prompts, config,
+                                                           progress, f"{task.name}: baseline answers")]
+            opponent = "baseline"
+        else:
+            opponents, opponent = [doc.answer for doc in task.docs], "reference"
+        progress.start(f"{task.name}: judging both orders", 2 * len(answers), counted=True)
+        judged = judge_pairwise(judge, questions, answers, opponents, ids=ids, progress=progress.advance,
+                                resamples=config.resamples, seed=config.seed)
+    else:
+        progress.start(f"{task.name}: grading", len(answers), counted=True)
+        judged = judge_rubric(judge, questions, answers, ids=ids, progress=progress.advance,
+                              resamples=config.resamples, seed=config.seed)
+    samples = []
+    for i, item in enumerate(judged["items"]):
+        entry = {"question": questions[i], "candidate": answers[i], **item}
+        if pairwise:
+            entry[opponent] = opponents[i]
+        samples.append(entry)
+    return {"shots": k, "n": len(task.docs), "metrics": judged["metrics"], "truncated_prompts": truncated,
+            "judge": {"model": judge.name, "mode": config.judge_mode, "opponent": opponent or None},
+            "example_prompt": _example_prompt(task, k, config), "samples": samples if config.keep_samples else []}
 
 
 def _perplexity(model: Transformer, tokenizer: Tokenizer, task: Task, config: EvalConfig,

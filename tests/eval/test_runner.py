@@ -8,27 +8,12 @@ import math
 import pytest
 import torch
 
-from lmforge.core.config import ModelConfig
 from lmforge.eval.extract import extract_answer, numeric_match
 from lmforge.eval.prompts import encode_pair, plain_prompt, prompt_ids
 from lmforge.eval.runner import EvalConfig, evaluate
 from lmforge.eval.tasks import jsonl_task, text_task
 from lmforge.infer.engine import Engine
 from lmforge.infer.sampling import SamplingParams
-from lmforge.model.transformer import Transformer, init_weights
-
-
-@pytest.fixture(scope="module")
-def tiny(smollm):
-    """A 2-layer random model over SmolLM2's vocabulary (fast, and its tokenizer is real)."""
-    _, tokenizer = smollm
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64,
-                         max_seq_len=256)
-    model = Transformer(config)
-    init_weights(model, seed=11)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30)  # tied: a peakier, more informative random model
-    return model.eval(), tokenizer
 
 
 def _logprob(model, context, continuation):
