@@ -1,8 +1,11 @@
-"""Training checkpoints: full model and optimizer states written atomically, and resume."""
+"""Training checkpoints: full model and optimizer states written atomically, resume, and the
+counters of a run that checkpoints carry."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.distributed import DistInfo, agree_any
 from lmforge.train.reproducibility import rng_state, set_rng_state
+from lmforge.train.signals import StopSignals
 
 
 def _full_states(model: Transformer, wrapped: nn.Module, optimizer: Any, fsdp: bool) -> tuple[dict, dict]:
@@ -73,3 +77,71 @@ def find_resume_checkpoint(root: str | os.PathLike) -> Path:
     if found is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint under {root}")
     return found
+
+
+@dataclass
+class RunState:
+    """How far a training run got: what its checkpoints save and its end reports. Loops subclass
+    it for what only they track."""
+
+    step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0  # training clock, pauses for evaluation and saving excluded
+    checkpoint: Path | None = None  # the latest one written (or resumed from)
+    last_eval_step: int = -1
+    last_save_step: int = -1
+    stopped_by: str | None = None  # "SIGTERM"/"SIGINT" when a signal ended the run early
+    evals: list[dict[str, Any]] = field(default_factory=list)  # validation records
+
+    @classmethod
+    def resumed(cls, folder: Path, saved: dict[str, Any], **extra: Any) -> "RunState":
+        """The state of a run resumed from `folder`, whose saved training state is `saved`."""
+        step = int(saved["step"])
+        return cls(step=step, tokens=int(saved["tokens"]), train_seconds=float(saved["train_seconds"]), checkpoint=folder,
+                   last_save_step=step, **extra)
+
+
+def checkpoint_model(model: Transformer) -> tuple[Transformer, dict[str, Any]]:
+    """(the model a checkpoint holds, what its resume state must add). A model with LoRA layers is
+    saved merged, so every checkpoint opens anywhere, and its adapter matrices go into the resume
+    state; a plain model is saved as it is."""
+    from lmforge.model.lora import lora_modules, lora_state_dict, merged_state_dict
+
+    if not lora_modules(model):
+        return model, {}
+    adapter = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
+    return Transformer.from_state_dict(model.config, merged_state_dict(model)), {"lora": adapter}
+
+
+def restore_model(folder: str | os.PathLike, model: Transformer, dist: DistInfo) -> dict[str, Any]:
+    """Resume `model` from a checkpoint written with `checkpoint_model` and return its resume state:
+    a LoRA model takes its adapter matrices from the state (its base weights come from the run's
+    own --model), a plain model the checkpoint's weights."""
+    import torch
+
+    from lmforge.model.lora import lora_modules, lora_state_dict
+
+    if not lora_modules(model):
+        return restore_training_checkpoint(folder, model, dist)
+    state = load_train_state(folder)
+    params = lora_state_dict(model)
+    if set(state.get("lora", {})) != set(params):
+        raise ValueError(f"{folder}: its adapter does not match this run's LoRA layers")
+    set_rng_state(state["rng"])
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state["lora"][name])
+    return state
+
+
+def checkpoint_if_due(state: RunState, signals: StopSignals, dist: DistInfo, save_every: int, save: Callable[[], None],
+                      say: Callable[[str], None]) -> bool:
+    """After a step: call `save` every `save_every` steps (0: never) and when a signal asked the run
+    to stop (all ranks agree on that); then `say` how to continue. True when the run must stop."""
+    state.stopped_by = signals.received if signals.requested(dist) else None
+    if state.stopped_by or (save_every and state.step % save_every == 0):
+        save()
+    if state.stopped_by:
+        say(f"stopped by {state.stopped_by} at step {state.step}; checkpoint saved to {state.checkpoint}; "
+            "continue with --resume")
+    return state.stopped_by is not None

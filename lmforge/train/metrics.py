@@ -66,3 +66,15 @@ def progress_line(progress: float, step: int, loss: float, tokens_per_s: float, 
     eta = elapsed * (1 - progress) / progress if progress > 0 else 0.0
     return (f"step {step} | loss {loss:.4f} | {tokens_per_s / 1000:.1f}k tok/s | {_duration(elapsed)} | "
             f"eta {_duration(eta)}")
+
+
+class Throughput:
+    """Tokens per second of training time since the previous reading (the log's tokens_per_s)."""
+
+    def __init__(self, seconds: float, tokens: int) -> None:
+        self._mark = (seconds, tokens)
+
+    def rate(self, seconds: float, tokens: int) -> float:
+        rate = (tokens - self._mark[1]) / max(seconds - self._mark[0], 1e-9)
+        self._mark = (seconds, tokens)
+        return rate

@@ -4,7 +4,17 @@
 
 The same function runs alone or under torchrun (DDP or FSDP2). The mechanics it shares with other
 training methods (accumulation, clipping, evaluation, logging, checkpoints, signals) live in
-the modules of `lmforge.train` (step, validation, metrics, checkpointing, signals); what is left here is the order in which they happen.
+the modules of `lmforge.train` (step, validation, metrics, checkpointing, signals); what is left
+here is the order in which they happen, as phases that can each be called alone:
+
+    1 data        TokenData, tokenizer, TrainLoader
+    2 model       `build_model` (fresh weights of the recipe's shape)
+    3 resume      `resume_run` (weights before wrapping; the optimizer's state once it exists)
+    4 the loop    `train`: `train_step`, then `validate` / `write_samples` / `save` on their schedules
+    5 the end     `finish`: last validation, samples, checkpoint, plot
+
+`_pretrain` is the whole run in one screen: data, model and resume build a `PretrainRun`, on
+which the loop and the end work; a `with` block stops the progress bar even after a crash.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 import lmforge
 from lmforge.data.loader import TrainLoader, eval_batches
@@ -35,16 +46,23 @@ from lmforge.train.distributed import (
     shutdown_distributed,
     wrap_model,
 )
-from lmforge.train.checkpointing import find_resume_checkpoint, restore_optimizer, restore_training_checkpoint, save_training_checkpoint
+from lmforge.train.checkpointing import (
+    RunState,
+    checkpoint_if_due,
+    find_resume_checkpoint,
+    restore_optimizer,
+    restore_training_checkpoint,
+    save_training_checkpoint,
+)
 from lmforge.core.progress import ProgressDisplay
-from lmforge.train.metrics import MetricsLog, plot_metrics, progress_line
+from lmforge.train.metrics import MetricsLog, Throughput, plot_metrics, progress_line
 from lmforge.train.precision import autocast
-from lmforge.train.reproducibility import seed_everything, set_deterministic
+from lmforge.train.reproducibility import prepare_process
 from lmforge.train.signals import StopSignals, TrainClock
 from lmforge.train.step import accumulate_gradients, clip_gradients, ensure_finite
 from lmforge.train.validation import EvalResult, sample_text, validation_loss
 from lmforge.train.optim import build_optimizer
-from lmforge.train.schedule import lr_multiplier
+from lmforge.train.schedule import fraction_done, lr_multiplier
 from lmforge.core.files import write_text_atomically
 
 
@@ -65,14 +83,7 @@ class PretrainResult:
 
 def run_progress(config: PretrainConfig, step: int, tokens: int, seconds: float) -> float:
     """How much of the run is done (0..1): the furthest of the step, token and time budgets."""
-    parts = []
-    if config.max_steps is not None:
-        parts.append(step / config.max_steps)
-    if config.max_tokens is not None:
-        parts.append(tokens / config.max_tokens)
-    if config.time_budget_s is not None:
-        parts.append(seconds / config.time_budget_s)
-    return max(parts)
+    return fraction_done((step, config.max_steps), (tokens, config.max_tokens), (seconds, config.time_budget_s))
 
 
 def busy_cpu_warning(dist: DistInfo) -> str | None:
@@ -103,6 +114,8 @@ def check_writable(out: Path, dist: DistInfo) -> None:
 
 def pretrain(config: PretrainConfig, *, resume: bool = False,
              on_eval: Callable[[dict[str, Any]], None] | None = None, show_progress: bool = True) -> PretrainResult:
+    """Pretrain as `config` says (alone or under torchrun); `on_eval` receives every validation
+    record on the main rank."""
     dist = init_distributed(config.device)
     try:
         return _pretrain(config, dist, resume, on_eval, show_progress)
@@ -110,161 +123,250 @@ def pretrain(config: PretrainConfig, *, resume: bool = False,
         shutdown_distributed()
 
 
+# --------------------------------------------------------------------------------------------
+# Phases 1-3: data, model, resume
+# --------------------------------------------------------------------------------------------
+def build_model(config: PretrainConfig, vocab_size: int, device: torch.device) -> Transformer:
+    """Phase 2: a freshly initialised model of the recipe's shape, with the data's vocabulary and
+    a context of `seq_len`."""
+    model = Transformer(config.model.replace(vocab_size=vocab_size, max_seq_len=config.seq_len))
+    init_weights(model, seed=config.seed)
+    return model.to(device)
+
+
+@dataclass
+class PretrainState(RunState):
+    """A pretraining run's counters, and when its next timed evaluation is due."""
+
+    next_eval_s: float | None = None
+
+
+def resume_run(config: PretrainConfig, model: Transformer, loader: TrainLoader,
+               dist: DistInfo) -> tuple[PretrainState, dict[str, Any] | None]:
+    """Phase 3: without a checkpoint to resume, a fresh state; else the latest checkpoint's weights
+    (into the model before it is wrapped), loader position and counters, and the saved training
+    state (its optimizer state is restored once the optimizer exists)."""
+    folder = find_resume_checkpoint(config.out_dir)
+    resumed = restore_training_checkpoint(folder, model, dist)
+    loader.load_state_dict(resumed["loader"])
+    return PretrainState.resumed(folder, resumed, next_eval_s=resumed.get("next_eval_s", config.eval_every_s)), resumed
+
+
+# --------------------------------------------------------------------------------------------
+# What the loop works with, and the steps it takes
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PretrainRun:
+    """Everything one run holds: built by `_pretrain`, changed by the loop and its phases."""
+
+    config: PretrainConfig
+    dist: DistInfo
+    data: TokenData
+    tokenizer: Tokenizer
+    token_bytes: torch.Tensor  # UTF-8 bytes of every token id, on the device (bits per byte)
+    model: Transformer  # the plain module (weights, sampling, checkpoints)
+    wrapped: nn.Module  # DDP/FSDP around it (evaluation)
+    train_forward: nn.Module  # what training steps call: `wrapped`, compiled when config.compile
+    loader: TrainLoader
+    optimizer: Any
+    precision: autocast
+    metrics: MetricsLog
+    display: ProgressDisplay
+    clock: TrainClock
+    state: PretrainState
+    on_eval: Callable[[dict[str, Any]], None] | None = None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out_dir)
+
+    @property
+    def fsdp(self) -> bool:
+        return self.dist.enabled and self.config.distributed == "fsdp"
+
+    def progress(self, seconds: float | None = None) -> float:
+        return run_progress(self.config, self.state.step, self.state.tokens,
+                            self.clock.seconds if seconds is None else seconds)
+
+
+def train_step(run: PretrainRun, progress: float) -> tuple[float, float]:
+    """One optimizer step over `grad_accum` micro-batches at run `progress`: (mean loss, gradient norm)."""
+    config, dist, state = run.config, run.dist, run.state
+    run.optimizer.set_lr_multiplier(lr_multiplier(config.schedule, state.step, progress))
+    micro_batches = [(x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True))
+                     for x, y in (run.loader.next_batch() for _ in range(config.grad_accum))]
+    loss, _ = accumulate_gradients(run.train_forward, micro_batches, dist, precision=run.precision)
+    ensure_finite(loss, state.step + 1, dist)
+    grad_norm = clip_gradients(run.model, config.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad()
+    state.step += 1
+    state.tokens += config.batch_size * config.seq_len * config.grad_accum * dist.world
+    return loss, grad_norm
+
+
+def validate(run: PretrainRun) -> EvalResult:
+    """Validation loss and bits per byte (every rank its share of the val split), logged, kept in
+    `state.evals` and handed to `on_eval`."""
+    config, dist, state = run.config, run.dist, run.state
+    batches = [(x.to(dist.device), y.to(dist.device)) for x, y in
+               eval_batches(run.data.val, config.seq_len, config.eval_batch_size, rank=dist.rank, world=dist.world,
+                            max_tokens=config.eval_tokens)]
+    result = validation_loss(run.wrapped, batches, run.token_bytes, dist, precision=run.precision)
+    record = {"step": state.step, "tokens": state.tokens, "time_s": round(run.clock.seconds, 3),
+              "val_loss": result.loss, "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
+    run.metrics.log(**record)
+    state.evals.append(record)
+    state.last_eval_step = state.step
+    run.display.message(f"step {state.step}: val loss {result.loss:.4f}, {result.bpb:.4f} bits/byte "
+                        f"({state.tokens:,} tokens, {run.clock.seconds:.1f}s)")
+    if run.on_eval is not None and dist.is_main:
+        run.on_eval(record)
+    return result
+
+
+def eval_due(run: PretrainRun) -> bool:
+    """Whether a validation pass is due: every `eval_every` steps, or every `eval_every_s` seconds
+    of training time (then the next time is moved past now)."""
+    config, state = run.config, run.state
+    due = bool(config.eval_every and state.step % config.eval_every == 0)
+    if state.next_eval_s is not None and run.clock.seconds >= state.next_eval_s:
+        due = True
+        while state.next_eval_s <= run.clock.seconds:
+            state.next_eval_s += config.eval_every_s
+    return due
+
+
+def write_samples(run: PretrainRun) -> None:
+    """Sample completions of the recipe's prompts, logged (FSDP: every rank takes part)."""
+    config = run.config
+    if not config.sample_prompts or not (run.dist.is_main or run.fsdp):  # FSDP: forward is a collective
+        return
+    room = config.seq_len - 8
+    texts = sample_text(run.model, run.tokenizer, list(config.sample_prompts),
+                        max_new_tokens=min(config.sample_tokens, room), seed=config.seed)
+    for prompt, text in zip(config.sample_prompts, texts):
+        run.metrics.log(step=run.state.step, tokens=run.state.tokens, prompt=prompt, sample=text)
+        run.display.message(f"sample @ step {run.state.step}: {prompt + text!r}")
+
+
+def save(run: PretrainRun) -> None:
+    """An atomic checkpoint (gathered from every rank, written by the main one) and the loss plot."""
+    config, dist, state = run.config, run.dist, run.state
+    train_state = {"step": state.step, "tokens": state.tokens, "train_seconds": run.clock.seconds,
+                   "loader": run.loader.state_dict(), "next_eval_s": state.next_eval_s}
+    meta = {"step": state.step, "tokens": state.tokens, "train_seconds": round(run.clock.seconds, 3),
+            "val_loss": state.evals[-1]["val_loss"] if state.evals else None, "lmforge_version": lmforge.__version__,
+            "world_size": dist.world, "pretrain_config": config.to_dict()}
+    state.checkpoint = save_training_checkpoint(run.out, step=state.step, model=run.model, wrapped=run.wrapped,
+                                                optimizer=run.optimizer, tokenizer=run.tokenizer, dist=dist,
+                                                fsdp=run.fsdp, train_state=train_state, meta=meta,
+                                                keep=config.keep_checkpoints)
+    state.last_save_step = state.step
+    plot(run)
+
+
+def plot(run: PretrainRun) -> None:
+    if run.dist.is_main and run.config.plot:
+        plot_metrics(run.metrics.records(), run.out / "loss.png", title=f"pretrain {run.out.name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 4, the loop
+# --------------------------------------------------------------------------------------------
+def train(run: PretrainRun, signals: StopSignals) -> None:
+    """Phase 4: optimizer steps until the step, token or time budget is used up or a signal asks to
+    stop; validation, samples and checkpoints on their schedules, with the training clock paused."""
+    config, dist, state = run.config, run.dist, run.state
+    throughput = Throughput(run.clock.seconds, state.tokens)
+    while True:
+        seconds = broadcast_float(run.clock.seconds, dist) if config.time_budget_s else run.clock.seconds  # ranks agree
+        progress = run.progress(seconds)
+        if progress >= 1.0:
+            return
+        loss, grad_norm = train_step(run, progress)
+        if state.step % config.log_every == 0 or state.step == 1:
+            seconds = run.clock.seconds
+            rate = throughput.rate(seconds, state.tokens)
+            run.metrics.log(step=state.step, tokens=state.tokens, time_s=round(seconds, 3), train_loss=loss,
+                            lr=run.optimizer.param_groups[0]["lr"], grad_norm=grad_norm, tokens_per_s=round(rate, 1))
+            done = run.progress(seconds)
+            run.display.update(done, progress_line(done, state.step, loss, rate, seconds), log_line=True)
+        with run.clock.paused():
+            if eval_due(run):
+                validate(run)
+            if config.sample_every and state.step % config.sample_every == 0:
+                write_samples(run)
+            if checkpoint_if_due(state, signals, dist, config.save_every, lambda: save(run), run.display.message):
+                return
+
+
+# --------------------------------------------------------------------------------------------
+# Phase 5, the end
+# --------------------------------------------------------------------------------------------
+def finish(run: PretrainRun) -> PretrainResult:
+    """Phase 5 (skipped but for the result when a signal stopped the run): the last validation,
+    samples, the final checkpoint and the plot."""
+    state = run.state
+    with run.clock.paused():
+        if not state.stopped_by:
+            if state.last_eval_step != state.step:
+                validate(run)
+            write_samples(run)
+            if state.last_save_step != state.step:
+                save(run)
+            else:
+                plot(run)
+    state.train_seconds = run.clock.seconds
+    return PretrainResult(run.out, state.checkpoint, state.step, state.tokens, state.train_seconds, state.stopped_by,
+                          state.evals)
+
+
+# --------------------------------------------------------------------------------------------
+# The run, top to bottom
+# --------------------------------------------------------------------------------------------
 def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
               on_eval: Callable[[dict[str, Any]], None] | None, show_progress: bool) -> PretrainResult:
-    # ---- setup: determinism, output folder, data, tokenizer, model -------------------------------
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    set_deterministic(config.deterministic)
-    seed_everything(config.seed)
-    out = Path(config.out_dir)
-    check_writable(out, dist)
-    data = TokenData.open(config.data)
-    tokenizer = Tokenizer.from_folder(data.tokenizer_folder)
-    token_bytes = torch.from_numpy(data.token_bytes()).long()
-    model_config = config.model.replace(vocab_size=data.vocab_size, max_seq_len=config.seq_len)
-    model = Transformer(model_config)
-    init_weights(model, seed=config.seed)
-    model.to(dist.device)
-    loader = TrainLoader(data.train, config.seq_len, config.batch_size, seed=config.seed, rank=dist.rank, world=dist.world)
-
-    # ---- resume: weights before wrapping, optimizer after ----------------------------------------
-    step, tokens, train_seconds, resumed = 0, 0, 0.0, None
-    if resume:
-        folder = find_resume_checkpoint(out)
-        resumed = restore_training_checkpoint(folder, model, dist)
-        loader.load_state_dict(resumed["loader"])
-        step, tokens, train_seconds = int(resumed["step"]), int(resumed["tokens"]), float(resumed["train_seconds"])
-    fsdp = dist.enabled and config.distributed == "fsdp"
-    wrapped = wrap_model(model, config.distributed, dist)
-    optimizer = build_optimizer(model, config.optim)
-    if resumed is not None:
-        restore_optimizer(optimizer, model, resumed["optimizer"])
-    train_forward = torch.compile(wrapped) if config.compile else wrapped
-    precision = autocast(dist.device, config.dtype)
-    # Under bf16 autocast RMSNorm sees bf16 activations with fp32 weights and PyTorch warns that it
-    # cannot use its fused kernel; harmless (results are right), so not shown to every user.
-    warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
-
-    # ---- logging ---------------------------------------------------------------------------------
-    metrics = MetricsLog(out / "metrics.jsonl", enabled=dist.is_main, resume_step=step if resumed else None)
-    display = ProgressDisplay(enabled=dist.is_main and show_progress)
-    display.start("pretrain")
-    if dist.is_main:
-        write_text_atomically(out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        n_params = sum(p.numel() for p in model.parameters())
-        display.message(f"model: {model_config.family}, {n_params / 1e6:.2f}M parameters; data: {data.train.tokens:,} train / "
-                        f"{data.val.tokens:,} val tokens; {dist.world} process(es)"
-                        + (f"; resuming at step {step}" if resumed else ""))
-        busy = busy_cpu_warning(dist)
-        if busy:
-            display.message(busy)
-    evals: list[dict[str, Any]] = []
-    clock = TrainClock(already=train_seconds)
-    next_eval_s = (resumed or {}).get("next_eval_s", config.eval_every_s)
-    last_eval_step, last_save_step, stopped_by = -1, step if resumed else -1, None
-    checkpoint: Path | None = folder if resume else None
-    step_tokens = config.batch_size * config.seq_len * config.grad_accum * dist.world
-    rate_mark = (time.perf_counter(), clock.seconds, tokens)
-
-    def run_eval() -> EvalResult:
-        batches = [(x.to(dist.device), y.to(dist.device)) for x, y in
-                   eval_batches(data.val, config.seq_len, config.eval_batch_size, rank=dist.rank, world=dist.world,
-                                max_tokens=config.eval_tokens)]
-        result = validation_loss(wrapped, batches, token_bytes.to(dist.device), dist, precision=precision)
-        record = {"step": step, "tokens": tokens, "time_s": round(clock.seconds, 3),
-                  "val_loss": result.loss, "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
-        metrics.log(**record)
-        evals.append(record)
-        display.message(f"step {step}: val loss {result.loss:.4f}, {result.bpb:.4f} bits/byte "
-                        f"({tokens:,} tokens, {clock.seconds:.1f}s)")
-        if on_eval is not None and dist.is_main:
-            on_eval(record)
+    prepare_process(config.threads, config.deterministic, config.seed)
+    check_writable(Path(config.out_dir), dist)
+    with ProgressDisplay(enabled=dist.is_main and show_progress) as display:  # closed however the run ends
+        display.start("pretrain")
+        data = TokenData.open(config.data)  # phase 1
+        tokenizer = Tokenizer.from_folder(data.tokenizer_folder)
+        loader = TrainLoader(data.train, config.seq_len, config.batch_size, seed=config.seed, rank=dist.rank,
+                             world=dist.world)
+        model = build_model(config, data.vocab_size, dist.device)  # phase 2
+        state, resumed = resume_run(config, model, loader, dist) if resume else (
+            PretrainState(next_eval_s=config.eval_every_s), None)  # phase 3
+        wrapped = wrap_model(model, config.distributed, dist)
+        optimizer = build_optimizer(model, config.optim)
+        if resumed is not None:
+            restore_optimizer(optimizer, model, resumed["optimizer"])
+        metrics = MetricsLog(Path(config.out_dir) / "metrics.jsonl", enabled=dist.is_main,
+                             resume_step=state.step if resumed else None)
+        token_bytes = torch.from_numpy(data.token_bytes()).long().to(dist.device)
+        run = PretrainRun(config, dist, data, tokenizer, token_bytes, model, wrapped,
+                          torch.compile(wrapped) if config.compile else wrapped, loader, optimizer,
+                          autocast(dist.device, config.dtype), metrics, display, TrainClock(already=state.train_seconds),
+                          state, on_eval)
+        if dist.is_main:
+            write_text_atomically(run.out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+            display.message(describe(run) + (f"; resuming at step {state.step}" if resumed else ""))
+            busy = busy_cpu_warning(dist)
+            if busy:
+                display.message(busy)
+        # Under bf16 autocast RMSNorm sees bf16 activations with fp32 weights and PyTorch warns that it
+        # cannot use its fused kernel; harmless (results are right), so not shown to every user.
+        warnings.filterwarnings("ignore", message="Mismatch dtype between input and weight", category=UserWarning)
+        with StopSignals() as signals:
+            train(run, signals)  # phase 4
+            result = finish(run)  # phase 5
+        barrier(dist)
         return result
 
-    def run_samples() -> None:
-        if not config.sample_prompts or not (dist.is_main or fsdp):  # FSDP: forward is a collective, all ranks generate
-            return
-        room = config.seq_len - 8
-        texts = sample_text(model, tokenizer, list(config.sample_prompts), max_new_tokens=min(config.sample_tokens, room),
-                            seed=config.seed)
-        for prompt, text in zip(config.sample_prompts, texts):
-            metrics.log(step=step, tokens=tokens, prompt=prompt, sample=text)
-            display.message(f"sample @ step {step}: {prompt + text!r}")
 
-    def save() -> None:
-        nonlocal checkpoint, last_save_step
-        state = {"step": step, "tokens": tokens, "train_seconds": clock.seconds, "loader": loader.state_dict(),
-                 "next_eval_s": next_eval_s}
-        meta = {"step": step, "tokens": tokens, "train_seconds": round(clock.seconds, 3),
-                "val_loss": evals[-1]["val_loss"] if evals else None, "lmforge_version": lmforge.__version__,
-                "world_size": dist.world, "pretrain_config": config.to_dict()}
-        checkpoint = save_training_checkpoint(out, step=step, model=model, wrapped=wrapped, optimizer=optimizer,
-                                              tokenizer=tokenizer, dist=dist, fsdp=fsdp, train_state=state, meta=meta,
-                                              keep=config.keep_checkpoints)
-        last_save_step = step
-        if dist.is_main and config.plot:
-            plot_metrics(metrics.records(), out / "loss.png", title=f"pretrain {out.name}")
-
-    # ---- the loop ----------------------------------------------------------------------------------
-    with StopSignals() as signals:
-        while True:
-            seconds = broadcast_float(clock.seconds, dist) if config.time_budget_s else clock.seconds
-            progress = run_progress(config, step, tokens, seconds)
-            if progress >= 1.0:
-                break
-            optimizer.set_lr_multiplier(lr_multiplier(config.schedule, step, progress))
-
-            micro_batches = [(x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True))
-                             for x, y in (loader.next_batch() for _ in range(config.grad_accum))]
-            loss, _ = accumulate_gradients(train_forward, micro_batches, dist, precision=precision)
-            ensure_finite(loss, step + 1, dist)
-            grad_norm = clip_gradients(model, config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad()
-            step += 1
-            tokens += step_tokens
-
-            if step % config.log_every == 0 or step == 1:
-                now, train_now = time.perf_counter(), clock.seconds
-                rate = (tokens - rate_mark[2]) / max(train_now - rate_mark[1], 1e-9)
-                rate_mark = (now, train_now, tokens)
-                lr = optimizer.param_groups[0]["lr"]
-                metrics.log(step=step, tokens=tokens, time_s=round(train_now, 3), train_loss=loss, lr=lr,
-                            grad_norm=grad_norm, tokens_per_s=round(rate, 1))
-                done = run_progress(config, step, tokens, train_now)
-                display.update(done, progress_line(done, step, loss, rate, train_now), log_line=True)
-
-            with clock.paused():
-                eval_due = (config.eval_every and step % config.eval_every == 0) or \
-                           (next_eval_s is not None and clock.seconds >= next_eval_s)
-                if eval_due:
-                    run_eval()
-                    last_eval_step = step
-                    if next_eval_s is not None:
-                        while next_eval_s <= clock.seconds:
-                            next_eval_s += config.eval_every_s
-                if config.sample_every and step % config.sample_every == 0:
-                    run_samples()
-                stopped_by = signals.received if signals.requested(dist) else None
-                if stopped_by or (config.save_every and step % config.save_every == 0):
-                    save()
-            if stopped_by:
-                display.message(f"stopped by {stopped_by} at step {step}; checkpoint saved to {checkpoint}; "
-                                f"continue with --resume")
-                break
-
-        # ---- the end: final evaluation, samples, checkpoint, plot ----------------------------------
-        with clock.paused():
-            if not stopped_by:
-                if last_eval_step != step:
-                    run_eval()
-                run_samples()
-                if last_save_step != step:
-                    save()
-                elif dist.is_main and config.plot:
-                    plot_metrics(metrics.records(), out / "loss.png", title=f"pretrain {out.name}")
-        train_seconds = clock.seconds
-    barrier(dist)
-    display.close()
-    return PretrainResult(out, checkpoint, step, tokens, train_seconds, stopped_by, evals)
+def describe(run: PretrainRun) -> str:
+    """The log's first line: model size, data, processes."""
+    n_params = sum(p.numel() for p in run.model.parameters())
+    return (f"model: {run.model.config.family}, {n_params / 1e6:.2f}M parameters; data: {run.data.train.tokens:,} train / "
+            f"{run.data.val.tokens:,} val tokens; {run.dist.world} process(es)")

@@ -33,3 +33,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_process(threads: int | None, deterministic: bool, seed: int) -> None:
+    """What a training run sets first: CPU threads (None: PyTorch's choice), deterministic
+    algorithms, and the seeds."""
+    if threads:
+        torch.set_num_threads(threads)
+    set_deterministic(deterministic)
+    seed_everything(seed)

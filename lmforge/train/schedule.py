@@ -31,3 +31,12 @@ def lr_multiplier(config: ScheduleConfig, step: int, progress: float) -> float:
     else:
         raise ValueError(f"unknown schedule {config.name!r}")
     return warmup * decay
+
+
+def fraction_done(*budgets: tuple[float, float | None]) -> float:
+    """How much of a run is done, the `progress` above: the furthest of its (used, limit) budgets
+    (steps, tokens, epochs, seconds; a None limit is no budget). 1.0 or more means finished."""
+    parts = [used / limit for used, limit in budgets if limit is not None]
+    if not parts:
+        raise ValueError("a run needs at least one budget (steps, tokens, epochs or seconds)")
+    return max(parts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -52,3 +53,30 @@ def start_pretrain(config_path: Path, *extra: str, prefix: list[str] | None = No
 def train_losses(run: Path) -> dict[int, float]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal, so the progress display draws live bars into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def terminal_displays(monkeypatch, module) -> list:
+    """Make `module` draw its progress on fake terminals; returns the displays it creates."""
+    from lmforge.core.progress import ProgressDisplay
+
+    made = []
+
+    def factory(enabled: bool = True, stream=None):
+        made.append(ProgressDisplay(enabled=enabled, stream=Terminal()))
+        return made[-1]
+
+    monkeypatch.setattr(module, "ProgressDisplay", factory)
+    return made
+
+
+def cursor_restored(display) -> bool:
+    """The display stopped drawing and its last cursor command shows the cursor again."""
+    text = display.stream.getvalue()
+    return not display.drawing and text.rfind("\x1b[?25h") > text.rfind("\x1b[?25l") >= 0

@@ -248,3 +248,80 @@ def test_lora_sft_raises_held_out_exact_match_on_smollm(tmp_path):
     result = finetune(config, show_progress=False, score=task_score(config))
     before, after = result.scores_before["strict_match"], result.scores_after["strict_match"]
     assert after >= before + 0.3, (before, after)
+
+
+# --------------------------------------------------------------------------------------------
+# Phases alone
+# --------------------------------------------------------------------------------------------
+def test_data_phase_renders_packs_and_splits(tmp_path, small_model):
+    from lmforge.tokenizer.chat import render_conversation
+    from lmforge.train.finetune import build_data
+
+    _, tokenizer = load_pretrained(small_model)
+    config = config_for(small_model, tmp_path / "run", train_items=12, val_max=3, pack=False, batch_size=4)
+    data = build_data(config, tokenizer, tokenizer.vocab_size, max_seq_len=256)
+    items = make_items("reverse", 12, "train", seed=0)
+    assert len(data.batches.rows) == 12 and len(data.val_rows) == 3  # one conversation per row
+    assert data.summary.startswith("data: 12 train conversations in 12 rows of <= 129 tokens, 3 validation")
+    ids, mask = render_conversation(tokenizer, items[0].messages())
+    assert any(list(row.ids) == ids for row in data.batches.rows)
+    assert int(data.token_bytes.sum()) > 0 and data.token_bytes.shape == (tokenizer.vocab_size,)
+    packed = build_data(config.replace(pack=True), tokenizer, tokenizer.vocab_size, max_seq_len=256)
+    assert len(packed.batches.rows) < 12  # several short conversations share a row
+    short = build_data(config.replace(seq_len=4096), tokenizer, tokenizer.vocab_size, max_seq_len=64)
+    assert "rows of <= 64 tokens" in short.summary  # rows never outgrow the model's context
+
+
+def test_method_phase_wraps_lora_layers_or_trains_everything(tmp_path, small_model):
+    from lmforge.model.lora import count_parameters
+    from lmforge.train.finetune import build_method
+
+    model, _ = load_pretrained(small_model)
+    line = build_method(config_for(small_model, tmp_path, method="full"), model)
+    trainable, total = count_parameters(model)
+    assert trainable == total and "method full" in line and "LoRA" not in line
+    config = config_for(small_model, tmp_path, method="lora", lora={"rank": 2, "targets": ["q_proj", "v_proj"]})
+    line = build_method(config, model)
+    trainable, total = count_parameters(model)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names) and len(names) == 2 * 2 * 2  # A and B, 2 layers, 2 targets
+    assert line.endswith(f"{trainable:,} trainable parameters ({100 * trainable / total:.3f}%) in 4 LoRA layers")
+
+
+def test_resume_phase_refuses_a_checkpoint_of_another_method(tmp_path, small_model):
+    from lmforge.train.distributed import DistInfo
+    from lmforge.train.finetune import build_data, build_method, resume_run
+
+    single = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    full = config_for(small_model, tmp_path / "run", method="full", max_steps=2, eval_every=0)
+    done = finetune(full, show_progress=False)
+    model, tokenizer = load_pretrained(small_model)
+    data = build_data(full, tokenizer, tokenizer.vocab_size, 256)
+    state, saved = resume_run(full, model, data.batches, single)
+    assert (state.step, state.checkpoint, state.scores_before) == (2, done.checkpoint, None)
+    assert data.batches.state_dict() == saved["loader"]
+    lora = full.replace(method="lora")
+    model, _ = load_pretrained(small_model)
+    build_method(lora, model)
+    with pytest.raises(ValueError, match="is from a full run; this run's method is lora"):
+        resume_run(lora, model, data.batches, single)
+
+
+def test_an_exception_inside_the_loop_stops_the_progress_display(tmp_path, small_model, monkeypatch):
+    import lmforge.train.finetune as module
+    from run_helpers import cursor_restored, terminal_displays
+
+    displays = terminal_displays(monkeypatch, module)
+    monkeypatch.setattr(module, "validate", lambda run: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        finetune(config_for(small_model, tmp_path / "run", eval_every=2))
+    assert len(displays) == 1 and cursor_restored(displays[0])
+
+
+def test_a_time_budget_alone_ends_a_finetune(tmp_path, small_model):
+    result = finetune(config_for(small_model, tmp_path / "run", max_steps=None, time_budget_s=1.0, eval_every=0),
+                      show_progress=False)
+    assert result.stopped_by is None and result.steps >= 1 and result.train_seconds >= 1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "train_loss" in r] == list(range(1, result.steps + 1))
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == result.steps

@@ -147,3 +147,56 @@ def test_train_clock_excludes_and_freezes_during_pauses():
         time.sleep(0.2)
         assert clock.seconds == frozen
     assert 10.04 < clock.seconds < 10.2
+
+
+def test_run_progress_is_the_furthest_budget():
+    from lmforge.train.schedule import fraction_done
+
+    assert fraction_done((30, 100), (5, None), (2.0, 8.0)) == pytest.approx(0.3)
+    assert fraction_done((30, 100), (6.0, 8.0)) == pytest.approx(0.75)  # the time budget runs out first
+    assert fraction_done((101, 100)) > 1.0
+    with pytest.raises(ValueError, match="at least one budget"):
+        fraction_done((3, None))
+
+
+def test_throughput_counts_tokens_since_the_last_reading():
+    from lmforge.train.metrics import Throughput
+
+    meter = Throughput(seconds=10.0, tokens=1000)
+    assert meter.rate(12.0, 5000) == pytest.approx(2000.0)
+    assert meter.rate(14.0, 6000) == pytest.approx(500.0)
+
+
+def test_checkpoint_if_due_saves_on_schedule_and_on_a_signal():
+    from lmforge.train.checkpointing import RunState, checkpoint_if_due
+
+    class Signals:
+        received: str | None = None
+
+        def requested(self, dist) -> bool:
+            return self.received is not None
+
+    state, signals, saved, said = RunState(), Signals(), [], []
+
+    def save():
+        saved.append(state.step)
+        state.checkpoint = Path(f"step_{state.step}")
+
+    for step in range(1, 8):
+        state.step = step
+        if step == 6:
+            signals.received = "SIGTERM"
+        if checkpoint_if_due(state, signals, SINGLE, 4, save, said.append):
+            break
+    assert saved == [4, 6] and state.stopped_by == "SIGTERM" and state.step == 6
+    assert said == ["stopped by SIGTERM at step 6; checkpoint saved to step_6; continue with --resume"]
+    state = RunState(step=3)
+    assert not checkpoint_if_due(state, Signals(), SINGLE, 0, save, said.append) and saved == [4, 6]  # 0: never
+
+
+def test_a_resumed_run_state_starts_where_its_checkpoint_was_saved():
+    from lmforge.train.checkpointing import RunState
+
+    state = RunState.resumed(Path("run/step_00000040"), {"step": 40, "tokens": 5120, "train_seconds": 12.5})
+    assert (state.step, state.tokens, state.train_seconds) == (40, 5120, 12.5)
+    assert state.checkpoint == Path("run/step_00000040") and state.last_save_step == 40 and state.last_eval_step == -1
