@@ -1,14 +1,33 @@
-"""Flags shared by several verbs (model selection and sampling) and the parser every verb uses."""
+"""Flags shared by several verbs (model selection and sampling), the parser every verb uses, and
+how errors are reported."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import traceback
 
 import torch
 
 from lmforge.core.device import parse_device, parse_dtype
 from lmforge.infer.sampling import SamplingParams
 from lmforge.io.registry import DEFAULT_MODEL, load_model
+
+
+DEBUG_VARIABLE = "LMFORGE_DEBUG"
+
+
+def debug_enabled(args: argparse.Namespace | None = None) -> bool:
+    """`lmforge --debug ...`, or LMFORGE_DEBUG set to anything but "" or "0"."""
+    return bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+def report_error(error: BaseException, args: argparse.Namespace | None = None, suffix: str = "") -> None:
+    """An error as one line on stderr ("lmforge: error: ..."); in debug mode its traceback first."""
+    if debug_enabled(args):
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"lmforge: error: {error}{suffix}", file=sys.stderr)
 
 
 class HelpFormatter(argparse.HelpFormatter):

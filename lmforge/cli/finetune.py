@@ -11,10 +11,10 @@ Flags override the YAML recipe (`--config`), and `KEY=VALUE` overrides (dotted k
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
 
 
@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = finetune(config, resume=args.resume, show_progress=not args.quiet, score=task_score(config))
     except (NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        report_error(error, args)
         return 1
     if not args.quiet and not result.stopped_by:
         before, after = result.scores_before, result.scores_after

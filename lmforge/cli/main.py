@@ -14,12 +14,15 @@ import sys
 
 import lmforge
 import lmforge.cli as cli_package
-from lmforge.cli.common import Parser
+from lmforge.cli.common import DEBUG_VARIABLE, Parser, report_error
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lmforge", description=lmforge.__doc__)  # verbs inherit its help formatter
     parser.add_argument("--version", action="version", version=f"lmforge {lmforge.__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on an error, print its full traceback before the one-line message ({DEBUG_VARIABLE}=1 "
+                             "in the environment does the same)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(cli_package.__path__), key=lambda m: m.name):
         if info.name.startswith("_") or info.name in ("main", "common"):
@@ -43,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         print(file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError) as error:
-        # User errors (bad files, bad flags, missing packages) get one clear line, not a traceback.
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        # User errors (bad files, bad flags, missing packages) get one clear line; --debug adds the traceback.
+        report_error(error, args)
         return 2
 
 

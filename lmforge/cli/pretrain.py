@@ -9,9 +9,9 @@ recipe (the defaults, or --config with its overrides) as YAML instead of trainin
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import apply_overrides, default_recipe, read_recipe, recipe_keys, recipe_yaml
 from lmforge.io.checkpoint import CheckpointError
 from lmforge.train.config import PretrainConfig
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = pretrain(config, resume=args.resume, show_progress=not args.quiet)
     except (NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        report_error(error, args)
         return 1
     if result.checkpoint is not None and not args.quiet:
         print(f"checkpoint: {result.checkpoint}  (try: lmforge generate --model {result.checkpoint} --prompt ...)")
