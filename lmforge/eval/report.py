@@ -7,6 +7,7 @@
   run_config.json              the training configuration
   step_*/model.safetensors     checkpoints (parameter count from the safetensors header)
   eval/*.json, *.json          `lmforge eval` results (files carrying "lmforge_eval")
+  scaling.md                   `lmforge scale fit` summaries, included as sections
   *.png                        plots (loss curves, accuracy against shots), linked
 and sums the wall time it finds into an estimated cost at a given hourly price.
 Unknown files are ignored; a section with nothing to show is left out.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.core.files import write_text_atomically
+from lmforge.eval.scaling import SUMMARY_FILE as SCALING_SUMMARY, report_section
 
 __all__ = ["build_report", "write_report"]
 
@@ -225,6 +227,9 @@ def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | N
             if isinstance(data.get("wall_s"), (int, float)):
                 wall[f"eval {_rel(path, root)}"] = float(data["wall_s"])
         sections.append("\n".join(lines))
+
+    # -- scaling laws (`lmforge scale fit` writes scaling.md) ----------------------------------------
+    sections += [report_section(path, root) for path in files if path.name == SCALING_SUMMARY]
 
     # -- plots -------------------------------------------------------------------------------------
     plots = [p for p in files if p.suffix == ".png"]
