@@ -1,4 +1,5 @@
-"""A tiny prepared corpus (the first 120 kB of Tiny Shakespeare, character level)."""
+"""Shared training fixtures: a tiny prepared corpus (the first 120 kB of Tiny Shakespeare, character
+level) and a tiny chat model folder."""
 
 from __future__ import annotations
 
@@ -23,3 +24,22 @@ def tiny_data(tmp_path_factory, shared_data) -> Path:
     return folder / "data"
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> Path:
+    """A tiny random Llama (dim 32, 2 layers) with a small ChatML byte-level BPE tokenizer trained on
+    generated task text, saved as a model folder: fast enough for whole training runs in tests."""
+    from lmforge.core.config import ModelConfig
+    from lmforge.data.synthetic import make_items
+    from lmforge.io.hf import save_pretrained
+    from lmforge.model.transformer import Transformer, init_weights
+    from lmforge.tokenizer.train import train_bpe
+
+    docs = [f"{i.question} {i.answer}" for task in ("add", "count") for i in make_items(task, 200)]
+    tokenizer = train_bpe(docs + ["The answer is 1. Yes, no, maybe."] * 10, vocab_size=400)
+    config = ModelConfig(family="llama", vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                         ffn_dim=64, max_seq_len=256, tie_embeddings=True)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    folder = tmp_path_factory.mktemp("tiny-chat") / "model"
+    save_pretrained(model, tokenizer, folder)
+    return folder
