@@ -6,7 +6,8 @@
   metrics.jsonl                pretraining / fine-tuning curves (train_loss, val_loss, val_bpb, time_s)
   run_config.json              the training configuration
   step_*/model.safetensors     checkpoints (parameter count from the safetensors header)
-  eval/*.json, *.json          `lmforge eval` results (files carrying "lmforge_eval")
+  eval/*.json, *.json          `lmforge eval` results (files carrying "lmforge_eval"); code, text-similarity
+                               and judged results also show a few of their kept samples
   scaling.md                   `lmforge scale fit` summaries, included as sections
   *.png                        plots (loss curves, accuracy against shots), linked
 and sums the wall time it finds into an estimated cost at a given hourly price.
@@ -122,6 +123,65 @@ def _table(title: str, header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+# -- code, text-similarity and judged evaluations ----------------------------------------------------
+_CAPABILITY_ALSO = ("pass@10", "pass@100", "sample_pass_rate", "rouge1", "rouge2", "bleu", "chrf", "agreement",
+                    "position_a_rate", "ties", "win_prob")
+EXAMPLES_PER_EVAL = 2
+
+
+def _spread(metrics: dict[str, Any], metric: str) -> str:
+    """The ± column: a standard error, else a 95% interval [low, high]."""
+    stderr, interval = metrics.get(metric + "_stderr"), metrics.get(metric + "_ci")
+    if stderr is None and isinstance(interval, list) and len(interval) == 2:
+        return f"[{_number(interval[0])}, {_number(interval[1])}]"
+    return _number(stderr)
+
+
+def _fence(text: Any, limit: int = 1200) -> str:
+    text = str(text if text is not None else "")
+    text = text if len(text) <= limit else text[:limit] + "\n[...]"
+    return "~~~\n" + text.replace("~~~", "~ ~ ~") + "\n~~~"
+
+
+def _capability_examples(path: Path, data: dict[str, Any], root: Path) -> str:
+    """A few kept samples of a code, similarity or judged evaluation: the program that ran and how a
+    failing one failed, reference against candidate, both answers and the judge's verdicts. All
+    samples stay in the results file."""
+    runs = data.get("runs") or [{}]
+    samples = runs[-1].get("samples") if isinstance(runs[-1], dict) else None
+    kind = data.get("kind")
+    if not isinstance(samples, list) or not samples or not isinstance(samples[0], dict):
+        return ""
+    parts = [f"### {data.get('task')} ({_rel(path, root)})"]
+    if kind == "code":
+        entries = [e for problem in samples if isinstance(problem, dict) for e in problem.get("samples", [])
+                   if isinstance(e, dict)]
+        failed = [e for e in entries if not e.get("passed")][:EXAMPLES_PER_EVAL]
+        for entry in [e for e in entries if e.get("passed")][:1] + failed:
+            parts.append(f"{'passed' if entry.get('passed') else 'failed'} ({entry.get('status')}):\n\n"
+                         + _fence(entry.get("program")))
+            if not entry.get("passed") and (entry.get("stderr") or entry.get("stdout")):
+                parts.append("its stderr:\n\n" + _fence(entry.get("stderr") or entry.get("stdout"), 600))
+    elif kind == "judged" or (kind == "generation" and "reference" in samples[0] and "candidate" in samples[0]):
+        for entry in samples[:EXAMPLES_PER_EVAL]:
+            lines = [f"- **{entry.get('id', '')}**"]
+            if entry.get("question"):
+                lines.append(f"  question: {str(entry['question'])[:300]}")
+            lines.append(f"  candidate: {str(entry.get('candidate', ''))[:500]}")
+            opponent = next((k for k in ("reference", "baseline") if k in entry), None)
+            if opponent:
+                lines.append(f"  {opponent}: {str(entry[opponent])[:500]}")
+            if "winner" in entry:
+                lines.append(f"  verdicts: {entry.get('verdict_a_first')} (candidate shown first), "
+                             f"{entry.get('verdict_b_first')} (shown second) -> {entry['winner']}")
+            elif "score" in entry:
+                lines.append(f"  rubric: {entry['score']}")
+            parts.append("\n".join(lines))
+    else:
+        return ""
+    return "\n\n".join(parts)
+
+
 def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | None = None) -> str:
     """Markdown report card of `run_dir` (see module docstring)."""
     root = Path(run_dir)
@@ -220,13 +280,16 @@ def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | N
                 metrics = run.get("metrics", {})
                 also = ", ".join(f"{k} {_number(v)}" for k, v in metrics.items()
                                  if k in ("acc_norm", "numeric_match", "exact_match", "strict_match", "perplexity", "answer_marker_rate")
-                                 and k != metric)
+                                 + _CAPABILITY_ALSO and k != metric)
                 lines.append(f"| {data.get('task')} | {data.get('model', '-')} | {mode} | {run.get('shots')} | {run.get('n')} | "
-                             f"{metric} | {_number(metrics.get(metric))} | {_number(metrics.get(metric + '_stderr'))} | "
+                             f"{metric} | {_number(metrics.get(metric))} | {_spread(metrics, metric)} | "
                              f"{also or '-'} | {_duration(run.get('wall_s', 0))} |")
             if isinstance(data.get("wall_s"), (int, float)):
                 wall[f"eval {_rel(path, root)}"] = float(data["wall_s"])
         sections.append("\n".join(lines))
+        examples = [_capability_examples(path, data, root) for path, data in evals]
+        if any(examples):
+            sections.append("## Samples\n\n" + "\n\n".join(e for e in examples if e))
 
     # -- scaling laws (`lmforge scale fit` writes scaling.md) ----------------------------------------
     sections += [report_section(path, root) for path in files if path.name == SCALING_SUMMARY]

@@ -1,0 +1,36 @@
+"""The report card's rows and kept samples for code, text-similarity and judged evaluations."""
+
+from __future__ import annotations
+
+import json
+
+from lmforge.eval.judge import Judge
+from lmforge.eval.report import build_report
+from lmforge.eval.runner import EvalConfig, evaluate
+from lmforge.eval.tasks import jsonl_task, load_task
+
+
+def test_capability_rows_and_samples(tiny, tmp_path):
+    model, tokenizer = tiny
+    (tmp_path / "eval").mkdir()
+    code = tmp_path / "code.jsonl"
+    code.write_text(json.dumps({"prompt": "def one():\n", "tests": "def check(candidate):\n    assert candidate() == 1\n",
+                                "entry_point": "one"}) + "\n")
+    runs = {
+        "code": evaluate(model, tokenizer, jsonl_task(code), EvalConfig(max_new_tokens=4)),
+        "summarize": evaluate(model, tokenizer, load_task("summarize"), EvalConfig(limit=2, max_new_tokens=4)),
+        "open_ended": evaluate(model, tokenizer, load_task("open_ended"), EvalConfig(limit=2, max_new_tokens=4),
+                               judge=Judge(model, tokenizer, name="tiny")),
+    }
+    for name, results in runs.items():
+        results["model"] = "tiny"
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps(results))
+    report = build_report(tmp_path)
+    rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
+    assert "| pass@1 | 0.0000 |" in rows["code"]  # a 4-token random completion does not pass
+    assert "| rougeL |" in rows["summarize"] and "rouge1" in rows["summarize"] and "[" in rows["summarize"]
+    assert "| win_rate |" in rows["open_ended"] and "agreement" in rows["open_ended"]
+    samples = report.split("## Samples", 1)[1]
+    assert "failed (" in samples and "check(one)" in samples and "its stderr:" in samples  # the program that ran
+    assert "reference: " + load_task("summarize").docs[0].answer in samples
+    assert "verdicts: " in samples and "(candidate shown first)" in samples
