@@ -34,7 +34,12 @@ def test_eval_cli_writes_json_and_accuracy_vs_shots_plot(use_fixture_model, tmp_
     results = json.loads(out.read_text())
     assert results["lmforge_eval"] == 1 and results["task"] == "colours" and results["model"] == "smollm2-135m-instruct"
     assert [r["shots"] for r in results["runs"]] == [0, 1]
-    assert all(0 <= r["metrics"]["acc"] <= 1 and len(r["samples"]) == 4 for r in results["runs"])
+    for run in results["runs"]:  # accuracy is what the logged choice scores give, item by item
+        samples = run["samples"]
+        assert [s["gold"] for s in samples] == [0, 1, 2, 1]
+        best = [max(range(len(s["logprobs"])), key=s["logprobs"].__getitem__) for s in samples]
+        assert [s["pred"] for s in samples] == best
+        assert run["metrics"]["acc"] == sum(p == s["gold"] for p, s in zip(best, samples)) / 4
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (run_dir / "eval" / "colours.json").is_file() and (run_dir / "eval" / "colours.png").is_file()

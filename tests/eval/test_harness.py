@@ -14,11 +14,13 @@ import pytest
 from lmforge.eval.prompts import prefix_token_id
 from lmforge.eval.runner import EvalConfig, evaluate
 from lmforge.eval.tasks import arc_task
+from lmforge.infer.engine import generate
 from lmforge.infer.scoring import score_rolling
 
 N_ARC = 8
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Rain in Spain stays mainly in the plain, they say."]
+QA_QUESTION = "What is the capital city of France? Answer with one word."  # SmolLM2 answers " Paris" greedily
 
 
 @pytest.fixture()
@@ -41,7 +43,7 @@ def _task_folder(tmp_path, shared_data):
     texts = tmp_path / "texts.jsonl"
     texts.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS))
     qa = tmp_path / "qa.jsonl"
-    qa.write_text(json.dumps({"question": "What is the capital of France?", "answer": "Paris"}) + "\n")
+    qa.write_text(json.dumps({"question": QA_QUESTION, "answer": "Paris"}) + "\n")
     cache = tmp_path / "hf-datasets"
     (folder / "local_arc.yaml").write_text(f"""
 task: local_arc_easy
@@ -124,9 +126,9 @@ def test_lm_eval_harness_runs_lmforge_models_offline(offline, tmp_path, smollm, 
     # Generation: greedy text through the engine, stopped at the task's stop strings.
     [qa] = output["samples"]["local_qa"]
     answer = qa["resps"][0][0]
-    assert "\n" not in answer and len(tokenizer.encode(answer)) <= 12
-    assert results["local_qa"]["exact_match,none"] in (0.0, 1.0)
-    assert ("paris" in answer.lower()) == (results["local_qa"]["exact_match,none"] == 1.0)
+    direct = generate(model, tokenizer, [f"Question: {QA_QUESTION}\nAnswer:"], max_new_tokens=12)[0]
+    assert answer == direct.split("\n")[0].split(".")[0] == " Paris"
+    assert results["local_qa"]["exact_match,none"] == 1.0
 
 
 def test_adapter_registers_with_the_harness_and_maps_gen_kwargs(smollm):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -158,9 +157,10 @@ def test_over_capacity_gets_429_and_disconnects_free_their_rows(server):
         for stream, c in zip(streams, clients):
             stream.__exit__(None, None, None)
             c.close()
-    started = time.monotonic()
-    assert server.wait_idle(timeout=20)["running"] == 0  # clients left: their rows are free long before 2000 tokens
-    assert time.monotonic() - started < 20
+    steps_before = server.app.state.service.scheduler.steps
+    # Clients left: their rows are freed long before 2000 tokens (counted in decode steps, not seconds).
+    assert server.wait_idle(timeout=120)["running"] == 0
+    assert server.app.state.service.scheduler.steps - steps_before < 1000
     assert httpx.post(server.url + CHAT, json=chat(), timeout=60).status_code == 200
 
 
@@ -169,5 +169,5 @@ def test_non_streaming_client_that_leaves_stops_its_generation(server):
     steps_before = server.app.state.service.scheduler.steps
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(server.url + CHAT, json=chat(max_tokens=3000, ignore_eos=True), timeout=1.5)
-    assert server.wait_idle(timeout=20)["running"] == 0
+    assert server.wait_idle(timeout=120)["running"] == 0  # generous: a loaded machine must not flake it
     assert server.app.state.service.scheduler.steps - steps_before < 3000

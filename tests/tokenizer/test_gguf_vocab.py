@@ -59,10 +59,13 @@ def test_ids_match_transformers(smollm_tok: Tokenizer, hf_tok: Any, text: str) -
     assert smollm_tok.decode(ours) == text
 
 
-def test_sample_covers_required_kinds() -> None:
-    assert len(SAMPLES) >= 30
-    joined = "".join(SAMPLES)
-    assert "\u200d" in joined and "\t" in joined and "1234567" in joined and "" in SAMPLES
+def test_all_samples_as_one_text_match_transformers(smollm_tok: Tokenizer, hf_tok: Any) -> None:
+    """Every kind at once (ZWJ emoji, tabs, digit runs, whitespace runs), so the joins between them count too."""
+    for separator in ("", "\n", " "):
+        joined = separator.join(SAMPLES)
+        ours = smollm_tok.encode(joined)
+        assert ours == hf_tok.encode(joined, add_special_tokens=False), repr(separator)
+        assert smollm_tok.decode(ours) == joined
 
 
 def test_known_llama_cpp_ids(smollm_tok: Tokenizer) -> None:
