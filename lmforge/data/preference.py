@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class UnpairedExample:
 
     prompt: Content
     completion: Content
-    label: bool
+    label: bool | None  # None: not judged (records read for scoring only)
     source: str = "<memory>"
     line: int = 0
 
@@ -94,7 +95,8 @@ class UnpairedExample:
         return is_conversational(self.prompt)
 
     def record(self) -> dict[str, Any]:
-        return {"prompt": _plain(self.prompt), "completion": _plain(self.completion), "label": self.label}
+        record = {"prompt": _plain(self.prompt), "completion": _plain(self.completion)}
+        return record if self.label is None else record | {"label": self.label}
 
 
 @dataclass
@@ -114,6 +116,16 @@ class PreferenceData:
 
     def describe_skipped(self) -> str:
         return ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items())) or "none"
+
+    def hold_out(self, fraction: float, at_most: int, seed: int) -> tuple["PreferenceData", "PreferenceData"]:
+        """(kept, held out): a seeded random `fraction` of the examples (at most `at_most`) held out."""
+        items: list[Any] = self.pairs or self.unpaired
+        n_held = min(at_most, int(len(items) * fraction))
+        held = set(random.Random(seed).sample(range(len(items)), n_held))
+        kept = [x for i, x in enumerate(items) if i not in held]
+        out = [x for i, x in enumerate(items) if i in held]
+        key = "pairs" if self.pairs else "unpaired"
+        return PreferenceData(**{key: kept}, skipped=self.skipped), PreferenceData(**{key: out})
 
 
 def _plain(content: Content) -> Any:
@@ -171,21 +183,22 @@ def _completion(content: Content, key: str, where: str) -> Content:
     return content
 
 
-def parse_preference_record(record: dict[str, Any], source: str = "<memory>", line: int = 0
-                            ) -> PreferencePair | UnpairedExample:
-    """Check one TRL record; ValueError (naming source:line and the field) if malformed, `SkippedRecord` if
-    it carries no preference."""
+def parse_preference_record(record: dict[str, Any], source: str = "<memory>", line: int = 0,
+                            require_label: bool = True) -> PreferencePair | UnpairedExample:
+    """Check one TRL record; ValueError (naming source:line and the field) if malformed, `SkippedRecord`
+    if it carries no preference. With `require_label` False, prompt/completion records may come
+    without a label (TRL's prompt-completion layout, for scoring)."""
     where = f"{source}:{line}"
     keys = set(record)
     if "completion" in keys or "label" in keys:
-        missing = sorted({"prompt", "completion", "label"} - keys)
+        missing = sorted({"prompt", "completion", "label"} - keys - (set() if require_label else {"label"}))
         if missing:
             raise ValueError(f"{where}: an unpaired (KTO) record needs 'prompt', 'completion' and 'label'; missing "
                              f"{', '.join(map(repr, missing))}")
         prompt, completion = _content(record["prompt"], "prompt", where), _content(record["completion"], "completion", where)
         _check_kinds(where, prompt=prompt, completion=completion)
-        label = record["label"]
-        if not isinstance(label, bool):
+        label = record.get("label")
+        if not isinstance(label, bool) and not (label is None and not require_label):
             raise ValueError(f"{where}: 'label' must be true or false, got {label!r}")
         return UnpairedExample(prompt, _completion(completion, "completion", where), label, source, line)
     missing = sorted({"chosen", "rejected"} - keys)
@@ -224,9 +237,10 @@ def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield number, parse_json_object(text, where, "a JSON object (a preference record)")
 
 
-def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None) -> PreferenceData:
+def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None, require_label: bool = True
+                          ) -> PreferenceData:
     """Every record of a preference file, checked; the first malformed line raises with its number,
-    so nothing downstream sees part of a file."""
+    so nothing downstream sees part of a file. `require_label`: see `parse_preference_record`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"preference data file {path} does not exist")
@@ -234,7 +248,7 @@ def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None) -> 
     kind_line: tuple[str, int] | None = None
     for number, record in _json_lines(path):
         try:
-            example = parse_preference_record(record, str(path), number)
+            example = parse_preference_record(record, str(path), number, require_label)
         except SkippedRecord as skip:
             data.skipped[str(skip)] += 1
             continue
