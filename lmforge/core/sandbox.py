@@ -51,6 +51,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from lmforge.core.sandbox_child import drain
+
 __all__ = ["SandboxConfig", "SandboxResult", "isolation_report", "run_many", "run_python"]
 
 STATUSES = ("completed", "exit", "error", "denied", "memory", "timeout", "cpu_limit", "killed", "sandbox_error")
@@ -244,17 +246,7 @@ def _literal(text: str) -> Any:
 
 def _read_report(fd: int) -> dict[str, Any]:
     """The bootstrap's report, with the worker's status lines and init's exit line unpacked."""
-    os.set_blocking(fd, False)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    report = _literal(b"".join(chunks).decode("utf-8", errors="replace"))
+    report = _literal(drain(fd, limit=1_000_000))
     if not isinstance(report, dict):
         return {}
     lines = [_literal(line) for line in str(report.get("status", "")).splitlines()[:1000] if len(line) < 100_000]

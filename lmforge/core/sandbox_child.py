@@ -400,11 +400,12 @@ def _init(settings: dict, status_w: int, exit_w: int, isolation: dict) -> None:
     os._exit(0)
 
 
-def _drain(fd: int) -> str:
+def drain(fd: int, limit: int = 1_000_000) -> str:
+    """What a pipe holds now (up to about `limit` bytes), without waiting for writers to close it."""
     os.set_blocking(fd, False)
     chunks = []
     total = 0
-    while total < 1_000_000:
+    while total < limit:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
@@ -445,8 +446,9 @@ def _bootstrap(base: str, report_fd: int) -> None:
     signal.setitimer(signal.ITIMER_REAL, settings["timeout_s"])
     os.waitpid(init, 0)  # resumed after the alarm handler (PEP 475) until init is gone
     signal.setitimer(signal.ITIMER_REAL, 0)
-    _write_line(report_fd, {"timed_out": bool(timed_out), "isolation": isolation, "status": _drain(status_r),
-                            "exit": _drain(exit_r)})
+    # A few kB of each, so the report fits the pipe (64 kB) that nobody reads before we exit.
+    _write_line(report_fd, {"timed_out": bool(timed_out), "isolation": isolation, "status": drain(status_r, 16_000),
+                            "exit": drain(exit_r, 4_000)})
 
 
 if __name__ == "__main__":

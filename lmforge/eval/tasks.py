@@ -543,27 +543,28 @@ TRANSLATE_PROMPT = PromptFormat(
 )
 
 
+def _paired_text_task(name: str, items: Any, n_docs: int, pool_size: int, seed: int, prompt: PromptFormat,
+                      metric: str, description: str) -> Task:
+    """A generation task from a generator of (source, reference) pairs; its train split is the pool."""
+    docs = tuple(Doc(id=f"{name}-{i}", question=source, answer=reference)
+                 for i, (source, reference) in enumerate(items(n_docs, "test", seed)))
+    pool = tuple(Doc(id=f"{name}-train-{i}", question=source, answer=reference)
+                 for i, (source, reference) in enumerate(items(pool_size, "train", seed)))
+    return Task(name=name, kind="generation", docs=docs, fewshot_pool=pool, prompt=prompt, metric=metric,
+                description=description, source=f"generated (lmforge.eval.textsets, seed {seed})")
+
+
 def summarize_task(n_docs: int = 100, pool_size: int = 50, seed: int = 0) -> Task:
     """Generated reports (a match, quarterly results, a road closure) to summarize in one sentence;
     ROUGE-1/2/L against the reference summary. The few-shot pool is a separate generated split."""
-    docs = tuple(Doc(id=f"summarize-{i}", question=report, answer=summary)
-                 for i, (report, summary) in enumerate(summary_items(n_docs, "test", seed)))
-    pool = tuple(Doc(id=f"summarize-train-{i}", question=report, answer=summary)
-                 for i, (report, summary) in enumerate(summary_items(pool_size, "train", seed)))
-    return Task(name="summarize", kind="generation", docs=docs, fewshot_pool=pool, prompt=SUMMARIZE_PROMPT,
-                metric="rouge", description="one-sentence summaries of generated reports, ROUGE",
-                source=f"generated (lmforge.eval.textsets, seed {seed})")
+    return _paired_text_task("summarize", summary_items, n_docs, pool_size, seed, SUMMARIZE_PROMPT, "rouge",
+                             "one-sentence summaries of generated reports, ROUGE")
 
 
 def translate_task(n_docs: int = 200, pool_size: int = 100, seed: int = 0) -> Task:
     """Generated English sentences to put into Pig Latin; chrF (headline) and BLEU."""
-    docs = tuple(Doc(id=f"translate-{i}", question=english, answer=cipher)
-                 for i, (english, cipher) in enumerate(translation_items(n_docs, "test", seed)))
-    pool = tuple(Doc(id=f"translate-train-{i}", question=english, answer=cipher)
-                 for i, (english, cipher) in enumerate(translation_items(pool_size, "train", seed)))
-    return Task(name="translate", kind="generation", docs=docs, fewshot_pool=pool, prompt=TRANSLATE_PROMPT,
-                metric="chrf", description="English -> Pig Latin (a cipher of English), chrF and BLEU",
-                source=f"generated (lmforge.eval.textsets, seed {seed})")
+    return _paired_text_task("translate", translation_items, n_docs, pool_size, seed, TRANSLATE_PROMPT, "chrf",
+                             "English -> Pig Latin (a cipher of English), chrF and BLEU")
 
 
 # --------------------------------------------------------------------------------------------
