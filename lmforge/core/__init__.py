@@ -1,1 +1,2 @@
-"""Layer 0: typed configs, device and dtype helpers, errors. Imports nothing internal."""
+"""Layer 0: typed configs, device and dtype helpers, atomic files, the progress display, plotting
+without pyplot. Imports nothing internal."""
