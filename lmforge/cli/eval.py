@@ -9,6 +9,8 @@
     lmforge eval --task humaneval --samples 20 --temperature 0.8 --max-new-tokens 384   # pass@1, pass@10
     lmforge eval --task summarize --shots 1                 # ROUGE; translate: chrF and BLEU
     lmforge eval --task open_ended --chat --judge PATH      # judged against references, both orders
+    lmforge eval --model runs/dpo/latest --winrate smollm2-135m-instruct --task prompts:builtin:heldout \
+        --winrate-judge rm:runs/rm/reward_model                  # win rate against another model (lmforge.eval.winrate)
 """
 
 from __future__ import annotations
@@ -79,6 +81,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     judged.add_argument("--baseline", default=None,
                         help="pairwise opponent: a model whose answers replace the task's references (default: none)")
     parser.add_argument("--show-prompt", action="store_true", help="print the first item's prompt for each shot count")
+    versus = parser.add_argument_group("win rate against another model (--task gives the prompts: any task's questions, "
+                                       "or prompts:FILE.jsonl / prompts:builtin:heldout)")
+    versus.add_argument("--winrate", metavar="MODEL_B", default=None,
+                        help="compare --model's answers with MODEL_B's, in a random order per prompt (default: off)")
+    versus.add_argument("--winrate-judge", default="model",
+                        help="rm:PATH (a reward model), rule:CONSTITUTION.yaml (its rules) or model[:MODEL] (asked "
+                             "--winrate-rubric, both orders) (default model: --model judges)")
+    versus.add_argument("--winrate-rubric", default="The response is helpful, correct and clear.",
+                        help="what a model judge compares by (default: helpful, correct and clear)")
     parser.set_defaults(func=run)
 
 
@@ -143,6 +154,10 @@ def _table(results: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.winrate:
+        from lmforge.cli.judging import run_winrate
+
+        return run_winrate(args)
     from lmforge.eval.plot import plot_accuracy_vs_shots
     from lmforge.eval.runner import EvalConfig, evaluate
     from lmforge.eval.tasks import load_task
