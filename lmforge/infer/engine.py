@@ -10,6 +10,7 @@ streaming iterator, and the HTTP server's continuous batching.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterator, Sequence as Seq
 from dataclasses import dataclass, field
@@ -18,8 +19,11 @@ from typing import Protocol
 import torch
 
 from lmforge.infer.sampling import SamplingParams, apply_penalties, choose_token
+from lmforge.infer.speculative import DraftModel, PromptLookup, SpeculationStats
 from lmforge.model.transformer import KVCache, Transformer
 from lmforge.tokenizer.tokenizer import StreamDecoder, Tokenizer
+
+log = logging.getLogger("lmforge.infer")
 
 
 class Constraint(Protocol):
@@ -108,12 +112,28 @@ def _stop_prefix_overlap(text: str, stops: tuple[str, ...]) -> int:
 
 
 class Engine:
-    """Generation over one model. Not thread-safe: one thread drives it (the server's scheduler)."""
+    """Generation over one model. Not thread-safe: one thread drives it (the server's scheduler).
+
+    `compile=True` runs the decode step under `torch.compile`: one graph per batch shape (a batch
+    of one, or any larger batch) that reads a fixed-size window of the cache under a mask, so it
+    never recompiles as sequences grow; the first step pays the compilation (`warm_up` pays it
+    early). `speculative` (a `PromptLookup` or `DraftModel`) drafts tokens that one forward call
+    verifies; the output is the same as without it (see `lmforge.infer.speculative`).
+    """
+
+    WINDOW = 128  # decode attends over the cache slots rounded up to a multiple of this
 
     def __init__(self, model: Transformer, tokenizer: Tokenizer, max_batch_size: int = 8,
-                 max_seq_len: int | None = None) -> None:
+                 max_seq_len: int | None = None, *, compile: bool = False,
+                 speculative: PromptLookup | DraftModel | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if isinstance(speculative, DraftModel):
+            speculative.check_compatible(model)
+        self.compile = compile
+        self._compiled: Callable | None = None
+        self.speculative = speculative
+        self.speculation = SpeculationStats()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
@@ -136,6 +156,9 @@ class Engine:
             return
         new_len = min(self.max_seq_len, max(256, 1 << math.ceil(math.log2(needed_len))))
         new_cache = self.model.new_cache(self.max_batch_size, new_len)
+        if self.compile:  # the capacity is symbolic in the compiled step: growing needs no recompile
+            for tensor in (*new_cache.keys, *new_cache.values):
+                torch._dynamo.mark_dynamic(tensor, 2)
         if self.cache is not None:
             old_len = self.cache.max_len
             for new, old in zip((*new_cache.keys, *new_cache.values), (*self.cache.keys, *self.cache.values)):
@@ -232,13 +255,70 @@ class Engine:
             return []
         if len(running) != len(self.active):
             raise RuntimeError("release finished sequences before stepping")
+        drafts = [self._draft(seq) for seq in running] if self.speculative is not None else [[]] * len(running)
+        width = 1 + max(len(d) for d in drafts)
         device = self.model.lm_head.weight.device
-        last = torch.tensor([[s.token_ids[-1]] for s in running], device=device)  # [B, 1]
-        starts = [s.length for s in running]  # slot of each row's newest (not yet cached) token
-        logits = self.model(last, cache=self.cache, starts=starts, first_row=0)  # [B, 1, V]
-        for seq, row_logits in zip(running, logits[:, -1]):
-            self._accept(seq, row_logits)
+        # Each row feeds its newest (not yet cached) token and its drafts, right-padded to `width`;
+        # padding lands in cache slots past the row's length, which are written before being read.
+        ids = torch.tensor([[s.token_ids[-1], *d] + [0] * (width - 1 - len(d)) for s, d in zip(running, drafts)],
+                           device=device)  # [B, width]
+        positions = torch.tensor([[s.length + j for j in range(width)] for s in running], device=device)
+        end = max(s.length for s in running) + width
+        logits = self._decode(ids, positions, end)  # [B, width, V]
+        for seq, row_logits, draft in zip(running, logits, drafts):
+            accepted = 0
+            for j in range(len(draft) + 1):  # keep drafts while each is the token chosen anyway
+                token = self._accept(seq, row_logits[j])
+                matched = j < len(draft) and token == draft[j]
+                accepted += matched
+                if seq.finished or not matched:
+                    break
+            if draft:
+                stats = self.speculation
+                stats.verify_calls, stats.proposed = stats.verify_calls + 1, stats.proposed + len(draft)
+                stats.accepted, stats.emitted = stats.accepted + accepted, stats.emitted + j + 1
         return running
+
+    def _draft(self, seq: Sequence) -> list[int]:
+        """Draft tokens for `seq`, never past its token budget (the cache is sized for it)."""
+        limit = seq.params.max_new_tokens - len(seq.token_ids) - 1
+        if limit <= 0:
+            return []
+        return self.speculative.propose(id(seq), seq.prompt_ids + seq.token_ids, limit)
+
+    def _decode(self, ids: torch.Tensor, positions: torch.Tensor, end: int) -> torch.Tensor:
+        """model.decode_step over the first `end` cache slots (rounded up to WINDOW)."""
+        window = min(self.cache.max_len, -(-end // self.WINDOW) * self.WINDOW)
+        slots = torch.arange(window, device=ids.device)
+        if self.compile:
+            if self._compiled is None:
+                self._compiled = torch.compile(self.model.decode_step, fullgraph=True)
+            torch._dynamo.mark_dynamic(slots, 0)
+            for dim, size in enumerate(ids.shape):
+                if size > 1:  # sizes 0 and 1 are always specialised: a batch of one has its own graph
+                    torch._dynamo.mark_dynamic(ids, dim)
+                    torch._dynamo.mark_dynamic(positions, dim)
+            try:
+                return self._compiled(ids, positions, self.cache, slots)
+            except Exception as error:  # no C++ compiler, an unsupported op...: eager gives the same result
+                log.warning("compiled decode step failed (%s: %s); continuing without torch.compile",
+                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+                self.compile = False
+        return self.model.decode_step(ids, positions, self.cache, slots)
+
+    def warm_up(self) -> None:
+        """Compile the decode step now (batch of one, and a larger batch when the engine has room)
+        instead of during the first request. Needs an idle engine; a no-op without `compile`."""
+        if not self.compile or self.active:
+            return
+        self._ensure_cache(1)
+        device = self.model.lm_head.weight.device
+        with torch.inference_mode():
+            for rows in sorted({1, min(2, self.max_batch_size)}):
+                for width in ((1, 2) if self.speculative is not None else (1,)):
+                    ids = torch.zeros((rows, width), dtype=torch.long, device=device)
+                    positions = torch.arange(width, device=device).expand(rows, width).contiguous()
+                    self._decode(ids, positions, width)
 
     @torch.inference_mode()
     def release(self, seq: Sequence) -> None:
@@ -254,12 +334,14 @@ class Engine:
             self.active[row] = moved
         self.active.pop()
         seq.row = -1
+        if self.speculative is not None:
+            self.speculative.forget(id(seq))
         if not seq.finished:
             seq.finish_reason = "abort"
 
     # -- token acceptance -----------------------------------------------------------------------
-    def _accept(self, seq: Sequence, logits: torch.Tensor) -> None:
-        """Pick the next token of `seq` from its logits [V] and update text and stop state."""
+    def _accept(self, seq: Sequence, logits: torch.Tensor) -> int:
+        """Pick the next token of `seq` from its logits [V], update text and stop state; return it."""
         params = seq.params
         logits = logits.float()
         logits = apply_penalties(logits, params, seq.seen, seq.counts)
@@ -288,7 +370,7 @@ class Engine:
                 seq.logprobs.pop()
             seq.text += seq.decoder.flush()
             seq.finish_reason = "stop"
-            return
+            return token
         if seq.constraint is not None:
             seq.constraint.advance(token)
         seq.text += seq.decoder.push(token)
@@ -299,10 +381,11 @@ class Engine:
             if hits:
                 seq.text = seq.text[: min(hits)]
                 seq.finish_reason = "stop"
-                return
+                return token
         if len(seq.token_ids) >= params.max_new_tokens:
             seq.text += seq.decoder.flush()
             seq.finish_reason = "length"
+        return token
 
     # -- conveniences built on add/step/release ----------------------------------------------------
     def generate(self, prompts: Seq[str | Seq[int]], params: SamplingParams,

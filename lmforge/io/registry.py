@@ -81,8 +81,19 @@ def is_gguf(path: Path) -> bool:
 
 
 def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float32,
-               device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer]:
-    """Load any supported model with its tokenizer, ready for inference (eval mode)."""
+               device: str | torch.device = "cpu", quant: str = "none") -> tuple[Transformer, Tokenizer]:
+    """Load any supported model with its tokenizer, ready for inference (eval mode).
+
+    `quant`: "none" (float weights, what training needs), "auto" (a GGUF file's Q4_0/Q4_1/Q8_0
+    tensors run as stored on the quantized CPU kernels, float models stay float), "int8" or
+    "int4" (quantize every linear layer and the embedding; see `lmforge.model.quant`).
+    """
+    from lmforge.io.gguf import QUANT_MODES
+
+    if quant not in QUANT_MODES:
+        raise ValueError(f"unknown quantization mode {quant!r}; choose one of {', '.join(QUANT_MODES)}")
+    if quant == "auto" and torch.device(device).type != "cpu":
+        quant = "none"  # the packed kernels are CPU kernels
     path = resolve_model(name_or_path)
     if path.is_dir():
         from lmforge.io.hf import load_pretrained
@@ -90,9 +101,13 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
         model, tokenizer = load_pretrained(path, dtype=dtype, device=device)
         if tokenizer is None:
             raise FileNotFoundError(f"{path} has no tokenizer.json; lmforge needs the tokenizer beside the weights")
+        if quant in ("int8", "int4"):
+            from lmforge.model.quant import quantize_model
+
+            model = quantize_model(model, quant, inplace=True)
         return model, tokenizer
     if is_gguf(path):
         from lmforge.io.gguf import load_gguf_model
 
-        return load_gguf_model(path, dtype=dtype, device=device)
+        return load_gguf_model(path, dtype=dtype, device=device, quant=quant)
     raise ValueError(f"{path} is not a GGUF file (bad magic) nor a model folder")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.core.config import ModelConfig
+from lmforge.model.quant import GroupQuantized, quantize_model
 
 
 # --------------------------------------------------------------------------------------------
@@ -45,11 +46,18 @@ class KVCache:
         self.rows = rows
         self.max_len = max_len
 
-    def write(self, layer: int, inputs: "AttentionInputs", k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v [B, K, T, Dh] for rows [first_row, first_row+B); return their slots [0, end)."""
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of one layer."""
+        return self.keys[index], self.values[index]
+
+    @staticmethod
+    def write(layer_kv: tuple[torch.Tensor, torch.Tensor], inputs: "AttentionInputs", k: torch.Tensor,
+              v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v [B, K, T, Dh] for rows [first_row, first_row+B) into one layer's tensors;
+        return their slots [0, end)."""
         B, T = k.shape[0], k.shape[2]
         rows = slice(inputs.first_row, inputs.first_row + B)
-        keys, values = self.keys[layer], self.values[layer]
+        keys, values = layer_kv
         if inputs.uniform:
             start = inputs.starts[0]
             keys[rows, :, start:start + T] = k
@@ -79,23 +87,52 @@ class AttentionInputs:
     first_row: int = 0
     cos: torch.Tensor | None = None  # [B, T, Dh] rotary tables (llama only)
     sin: torch.Tensor | None = None
+    # The cache tensors of the layer being run, set by the backbone before each block: blocks see
+    # tensors, never a layer number, so one compiled block serves every layer.
+    kv: tuple[torch.Tensor, torch.Tensor] | None = None
+    fold_queries: bool = False  # see attend_each_query (decode_step sets it)
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int, inputs: AttentionInputs) -> torch.Tensor:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
+    """x through every block, handing each its own cache tensors."""
+    for index, block in enumerate(blocks):
+        inputs.kv = inputs.cache.layer(index) if inputs.cache is not None else None
+        x = block(x, inputs)
+    inputs.kv = None
+    return x
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
     """q [B, H, T, Dh], k/v [B, K, T, Dh] -> [B, H, T, Dh] through the fused SDPA kernel."""
-    if inputs.cache is not None:
-        k, v = inputs.cache.write(layer, inputs, k, v)  # [B, K, S, Dh]
+    if inputs.kv is not None:
+        k, v = KVCache.write(inputs.kv, inputs, k, v)  # [B, K, S, Dh]
     gqa = q.shape[1] != k.shape[1]
     dtype = q.dtype
     if q.device.type == "cpu" and dtype == torch.bfloat16:
         # PyTorch's fused CPU attention is several times slower in bf16 than in fp32 (measured).
         q, k, v = q.float(), k.float(), v.float()
+    if inputs.fold_queries and q.shape[2] > 1:
+        return attend_each_query(q, k, v, inputs.mask).to(dtype)
     if inputs.mask is None:
         # No mask: either a fresh causal sequence (S == T) or single-token decode over all slots.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
     else:
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, enable_gqa=gqa)
     return y.to(dtype)
+
+
+def attend_each_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention of T queries per row computed as T single-query heads: each query then goes
+    through exactly the arithmetic of decoding it alone, so verifying drafts reproduces plain
+    decoding bit for bit. q [B, H, T, Dh], k/v [B, K, S, Dh], mask [B, 1, T, S] -> [B, H, T, Dh]."""
+    B, H, T, Dh = q.shape
+    K, S = k.shape[1], k.shape[2]
+    # Heads ordered (kv head, query head of that group, t): grouped-query attention then pairs
+    # folded head i with kv head i // (H // K * T), as the unfolded query would be.
+    folded = q.reshape(B, H * T, 1, Dh)
+    per_head_mask = mask.expand(B, H, T, S).reshape(B, H * T, 1, S)
+    y = F.scaled_dot_product_attention(folded, k, v, attn_mask=per_head_mask, enable_gqa=H * T != K)
+    return y.view(B, H, T, Dh)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,7 +183,7 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, inputs.cos, inputs.sin)
         k = apply_rotary(k, inputs.cos, inputs.sin)
-        y = attend(q, k, v, self.layer, inputs)  # [B, H, T, Dh]
+        y = attend(q, k, v, inputs)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # [B, T, D]
 
 
@@ -201,9 +238,7 @@ class LlamaBackbone(nn.Module):
         x = self.embed_tokens(ids)  # [B, T, D]
         inputs.cos = self.rope_cos[positions].to(x.dtype)  # [B, T, Dh]
         inputs.sin = self.rope_sin[positions].to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, inputs)
-        return self.norm(x)
+        return self.norm(run_blocks(self.layers, x, inputs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +256,7 @@ class GPT2Attention(nn.Module):
         B, T, D = x.shape
         q, k, v = self.c_attn(x).split(D, dim=-1)  # 3 x [B, T, D]
         q, k, v = (t.view(B, T, self.n_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
-        y = attend(q, k, v, self.layer, inputs)
+        y = attend(q, k, v, inputs)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, D))
 
 
@@ -258,9 +293,7 @@ class GPT2Backbone(nn.Module):
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         x = self.wte(ids) + self.wpe(positions)  # [B, T, D]
-        for layer in self.h:
-            x = layer(x, inputs)
-        return self.ln_f(x)
+        return self.ln_f(run_blocks(self.h, x, inputs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,12 +325,28 @@ class Transformer(nn.Module):
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor],
-                        device: str | torch.device = "cpu") -> "Transformer":
-        """Build a model straight from weights (no throwaway random init); dtype follows the weights."""
+                        device: str | torch.device = "cpu", *, quant: str = "none",
+                        packed: dict[str, GroupQuantized] | None = None,
+                        compute_dtype: torch.dtype = torch.bfloat16) -> "Transformer":
+        """Build a model straight from weights (no throwaway random init); dtype follows the weights.
+
+        `packed` maps module names (`model.layers.0.mlp.up_proj`) to weights already quantized
+        (GGUF blocks): those layers are built quantized and take no float weight. `quant` "int8" or
+        "int4" quantizes every other linear layer and the embedding too; "auto" keeps them float.
+        """
+        packed = dict(packed or {})
+        if quant not in ("none", "auto", "int8", "int4"):
+            raise ValueError(f"unknown quantization mode {quant!r}; choose none, auto, int8 or int4")
+        if (packed or quant in ("int8", "int4")) and torch.device(device).type != "cpu":
+            raise ValueError("quantized layers run on the CPU kernels; load with quant='none' for another device")
         with torch.device("meta"):
             model = cls(config)
-        weights = {k: v for k, v in state_dict.items() if not (config.tie_embeddings and k == "lm_head.weight")}
-        expected = {k for k in model.state_dict() if not (config.tie_embeddings and k == "lm_head.weight")}
+        tied = {"lm_head.weight"} if config.tie_embeddings else set()
+        if config.tie_embeddings and "lm_head" in packed:
+            raise ValueError("a tied head is quantized with its embedding; pack the embedding, not lm_head")
+        skipped = tied | {f"{name}.weight" for name in packed}
+        weights = {k: v for k, v in state_dict.items() if k not in tied}
+        expected = {k for k in model.state_dict() if k not in skipped}
         missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
         if missing or unexpected:
             raise ValueError(f"weights do not match the {config.family} model: missing {missing[:4]}, unexpected {unexpected[:4]}")
@@ -307,15 +356,30 @@ class Transformer(nn.Module):
             raise ValueError(f"weights do not match the model config: {error}") from None
         if config.tie_embeddings:
             model.lm_head.weight = model.embedding.weight
+        for name, q in packed.items():
+            module = model.get_submodule(name)
+            if tuple(module.weight.shape) != q.shape:
+                raise ValueError(f"packed weight for {name} has shape {q.shape}, the model expects {tuple(module.weight.shape)}")
+        if packed or quant in ("int8", "int4"):
+            dtype = next(v.dtype for v in weights.values()) if weights else torch.float32
+            model = quantize_model(model, "int8" if quant == "int8" else "int4", packed=packed,
+                                   keep_float=quant in ("none", "auto"), inplace=True,
+                                   compute_dtype=compute_dtype, activation_dtype=dtype)
         if config.family == "llama":  # non-persistent rotary tables are still on the meta device
             model.model.rope_cos = torch.empty(config.max_seq_len, config.head_size)
             model.model.rope_sin = torch.empty(config.max_seq_len, config.head_size)
             model.model.reset_rope()
         return model.to(device).eval()
 
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        """The dtype hidden states flow in (that of the final norm's weight)."""
+        norm = self.model.norm if self.config.family == "llama" else self.transformer.ln_f
+        return norm.weight.dtype
+
     def new_cache(self, rows: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
-        weight = self.lm_head.weight
-        return KVCache(self.config, rows, max_len or self.config.max_seq_len, dtype or weight.dtype, weight.device)
+        return KVCache(self.config, rows, max_len or self.config.max_seq_len, dtype or self.activation_dtype,
+                       self.lm_head.weight.device)
 
     def forward(
         self,
@@ -384,6 +448,24 @@ class Transformer(nn.Module):
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    def decode_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                    slots: int | torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, T, V] for T new tokens per row (T = 1 to decode, more to verify drafts).
+
+        ids [B, T] go to cache rows [0, B) at slots `positions` [B, T] (a tensor: each row at its
+        own length). Attention reads the first `slots` cache slots of every row (an int, or a
+        tensor [S] holding 0..S-1, whose length a compiler can treat as symbolic; default: the
+        whole cache) under a mask, so shapes never depend on the lengths: compiled once, this step
+        runs at every length without recompiling.
+        """
+        if slots is None:
+            slots = cache.max_len
+        key_slot = torch.arange(slots, device=ids.device) if isinstance(slots, int) else slots
+        mask = (key_slot <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        inputs = AttentionInputs(starts=[], positions=positions, uniform=False, end=key_slot.shape[0], mask=mask,
+                                 cache=cache, fold_queries=True)
+        return self.head_logits(self.backbone(ids, positions, inputs))
 
 
 def causal_mask(start: int, T: int, device: torch.device) -> torch.Tensor:
