@@ -45,6 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompts", type=int, help="training questions to sample answers for (default 400)")
     parser.add_argument("--samples", type=int, help="sampled answers per question (default 4)")
     parser.add_argument("--eval-items", type=int, help="held-out questions scored before and after (default 200; 0: none)")
+    parser.add_argument("--score-task", help="score this generated task before and after training also when --data is "
+                        "given (default: --task when the pairs are generated, else none)")
+    parser.add_argument("--make-pairs", action="store_true", help="only sample the verifiable pairs into OUT/pairs.jsonl")
     parser.add_argument("--method", choices=("full", "lora"), help="full: every weight; lora: low-rank adapters (default lora)")
     parser.add_argument("--rank", type=int, help="LoRA rank (default 8)")
     parser.add_argument("--alpha", type=float, help="LoRA alpha (default 16)")
@@ -75,6 +78,7 @@ _FLAGS = {
     "model": "model", "data": "data", "val_data": "val_data", "loss": "loss", "beta": "beta",
     "simpo_gamma": "simpo_gamma", "label_smoothing": "label_smoothing", "task": "generate.task",
     "prompts": "generate.prompts", "samples": "generate.samples", "eval_items": "generate.eval_items",
+    "score_task": "score_task",
     "method": "method", "rank": "lora.rank", "alpha": "lora.alpha", "targets": "lora.targets", "merge": "merge",
     "out": "out_dir", "lr": "optim.lr", "epochs": "epochs", "max_steps": "max_steps", "time_budget": "time_budget_s",
     "batch_size": "batch_size", "grad_accum": "grad_accum", "max_length": "max_length", "eval_every": "eval_every",
@@ -150,7 +154,7 @@ def task_score(config):
 
     settings = config.generate
     eval_config = EvalConfig(chat=True, max_new_tokens=settings.max_new_tokens, batch_size=config.eval_batch_size * 2)
-    return task_scorer(synthetic_task(settings.task, n_docs=settings.eval_items), eval_config,
+    return task_scorer(synthetic_task(config.score_task or settings.task, n_docs=settings.eval_items), eval_config,
                        metrics=("accuracy", "exact_match", "strict_match"), out_dir=Path(config.out_dir) / "eval",
                        model_name=config.model)
 
@@ -178,13 +182,15 @@ def run(args: argparse.Namespace) -> int:
     from lmforge.train.step import NonFiniteLossError
 
     config = build_config(args)
-    score = None
     if config.data is None:
         pairs_file = Path(config.out_dir) / "pairs.jsonl"
         if not (args.resume and pairs_file.is_file()):
             pairs_file = make_verifiable_pairs(config, args.quiet)
-        config = config.replace(data=str(pairs_file))
-        score = task_score(config) if config.generate.eval_items else None
+        config = config.replace(data=str(pairs_file), score_task=config.score_task or config.generate.task)
+    if args.make_pairs:
+        print(f"pairs: {config.data}")
+        return 0
+    score = task_score(config) if config.score_task and config.generate.eval_items else None
     try:
         result = train_preference(config, resume=args.resume, show_progress=not args.quiet, score=score)
     except (NonFiniteLossError, CheckpointError) as error:
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"held-out pairs: reward accuracy {evals['eval_rewards/accuracies']:.1%}, "
               f"margin {evals['eval_rewards/margins']:.3f}")
     folder = Path(config.out_dir) / "eval"
-    task = config.generate.task
+    task = config.score_task
     if result.scores_after is not None and (folder / f"{task}_before.json").is_file():
         for key, name in (("correct", "accuracy (extracted answer)"), ("strict", "strict match (whole reply)")):
             before, after, stderr, n = paired_change(folder / f"{task}_before.json", folder / f"{task}_after.json", key)

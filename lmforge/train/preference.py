@@ -110,6 +110,7 @@ class PreferenceConfig(RecipeConfig):
     undesirable_weight: float = 1.0  # kto
     reference_cache: str | None = None  # None -> out_dir/reference_logps.pt
     generate: VerifiableSettings = field(default_factory=VerifiableSettings)
+    score_task: str | None = None  # a generated task scored before/after (default: generate.task when pairs are generated)
     out_dir: str = "runs/dpo"
     method: Literal["full", "lora"] = "lora"
     lora: LoRASettings = field(default_factory=LoRASettings)
