@@ -201,7 +201,9 @@ def run_python(code: str, config: SandboxConfig = SandboxConfig(), *, stdin: str
         (base / "config.marshal").write_bytes(marshal.dumps(settings))
         if stdin is not None:
             (base / "stdin").write_text(stdin, encoding="utf-8")
-        env = {"HOME": str(work), "TMPDIR": str(work), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = {"HOME": str(work), "TMPDIR": str(work), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+               # numerical libraries in read_paths must not try to start threads (RLIMIT_NPROC refuses them)
+               "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         report_r, report_w = os.pipe()
         try:
             with open(base / "stdout", "wb") as out, open(base / "stderr", "wb") as err, \

@@ -188,3 +188,12 @@ def test_bad_configs_and_inputs_are_refused():
         run_python("pass", QUICK, files={"../escape.txt": "x"})
     with pytest.raises(ValueError, match="code must be a string"):
         run_python(b"print(1)", QUICK)  # type: ignore[arg-type]
+
+
+def test_read_paths_make_extra_folders_readable_and_importable(tmp_path):
+    (tmp_path / "helper_module.py").write_text("VALUE = 42\n")
+    allowed = run_python("import helper_module\nprint(helper_module.VALUE)",
+                         SandboxConfig(timeout_s=20, read_paths=(str(tmp_path),)))
+    assert allowed.ok and allowed.stdout == "42\n"
+    refused = run_python(f"print(open({str(tmp_path / 'helper_module.py')!r}).read())", QUICK)
+    assert refused.status == "denied"
