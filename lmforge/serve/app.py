@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 import lmforge
-from lmforge.infer.constraints import Grammar, SchemaError, TokenTable
+from lmforge.infer import tools as tooling
 from lmforge.infer.engine import Engine, TokenLogprob
+from lmforge.infer.grammar import Grammar, GrammarCompiler, GrammarError, GrammarSpec
 from lmforge.infer.sampling import SamplingParams
 from lmforge.model.transformer import Transformer
 from lmforge.serve import protocol, sse
@@ -36,6 +37,7 @@ from lmforge.serve.errors import APIError, busy, from_status, invalid, server_er
 from lmforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
 from lmforge.serve.scheduler import Delta, Done, Failed, Finished, Job, Scheduler
 from lmforge.tokenizer.chat import render_conversation
+from lmforge.tokenizer.token_bytes import token_bytes
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # what OpenAI's legacy completions endpoint defaults to
@@ -70,6 +72,7 @@ class _Prepared:
     constraints: list[Any]
     prompt_tokens: int
     echo_texts: list[str] | None = None
+    tools: list[tooling.ToolSpec] | None = None  # set when replies may hold tool calls
 
 
 class Service:
@@ -80,7 +83,8 @@ class Service:
         self.tokenizer = tokenizer
         self.engine = Engine(model, tokenizer, max_batch_size=config.max_concurrency, max_seq_len=config.max_seq_len)
         self.scheduler = Scheduler(self.engine)
-        self.table = TokenTable.for_tokenizer(tokenizer, self.engine.vocab_size)
+        self.compiler = GrammarCompiler.for_tokenizer(tokenizer, self.engine.vocab_size)
+        self.token_bytes = token_bytes(tokenizer)
         self.created = int(time.time())
 
     # -- request gates -------------------------------------------------------------------------
@@ -151,28 +155,52 @@ class Service:
         fmt = req.response_format
         if fmt is None:
             return None
+        json_kind = fmt.type in ("json_schema", "json_object")
+        param = "response_format.json_schema.schema" if fmt.param == "response_format" and json_kind else fmt.param
         try:
-            return self.table.grammar(fmt.schema if fmt.type == "json_schema" else None)
-        except SchemaError as exc:
-            raise invalid(f"invalid or unsupported JSON schema: {exc}", "response_format.json_schema.schema",
-                          code="invalid_json_schema") from None
+            spec = GrammarSpec.json_object() if fmt.type == "json_object" else GrammarSpec(fmt.type, fmt.schema)
+            return self.compiler.grammar(spec)
+        except GrammarError as exc:
+            raise invalid(str(exc), param, code="invalid_json_schema" if json_kind else "invalid_grammar") from None
+
+    def _tools(self, req: ChatRequest) -> tuple[list[tooling.ToolSpec], str] | None:
+        if req.tools is None:
+            return None
+        try:
+            specs = tooling.parse_tools(req.tools.tools)
+            choice = tooling.check_tool_choice(req.tools.choice, specs)
+            tooling.check_tool_schemas(self.compiler, specs)
+        except tooling.ToolError as exc:
+            raise invalid(str(exc), exc.param, code="invalid_tool_schema" if "schema" in str(exc) else None) from None
+        return specs, choice
 
     def prepare_chat(self, req: ChatRequest) -> _Prepared:
+        tools = self._tools(req)
         try:
-            ids, _ = render_conversation(self.tokenizer, list(req.messages), add_generation_prompt=True)
+            ids, _ = render_conversation(self.tokenizer, list(req.messages), add_generation_prompt=True,
+                                         tools=[t.openai() for t in tools[0]] if tools else None)
         except ValueError as exc:
             raise invalid(f"cannot render the conversation: {exc}", "messages") from None
         grammar = self._grammar(req)
         max_tokens = self._max_tokens(len(ids), req.sampling.max_tokens, self.config.default_max_tokens, "messages")
-        if grammar is not None and max_tokens < grammar.min_tokens:
-            raise invalid(f"max_tokens={max_tokens} is too small for this response_format: its shortest valid output "
-                          f"needs {grammar.min_tokens} tokens", "max_tokens")
+        if grammar is not None:
+            try:
+                grammar.check_budget(max_tokens)
+            except ValueError as exc:
+                raise invalid(str(exc), "max_tokens") from None
         n = req.sampling.n
+        if tools is not None:
+            specs, choice = tools
+            constraints = [tooling.tool_constraint(self.compiler, self.tokenizer, specs, choice,
+                                                   req.tools.parallel, max_tokens) for _ in range(n)]
+        else:
+            constraints = [grammar.constraint(max_tokens) if grammar else None for _ in range(n)]
         return _Prepared(
             prompts=[ids] * n,
             params=[self._params(req.sampling, max_tokens, i) for i in range(n)],
-            constraints=[grammar.constraint(max_tokens) if grammar else None for _ in range(n)],
+            constraints=constraints,
             prompt_tokens=len(ids),
+            tools=tools[0] if tools is not None and tools[1] != "none" else None,
         )
 
     def prepare_completion(self, req: CompletionRequest) -> _Prepared:
@@ -231,7 +259,7 @@ class Service:
         return {"token": token, "logprob": item.logprob, "bytes": raw, "top": top}
 
     def _token_text(self, token_id: int) -> tuple[str, list[int]]:
-        data = self.table.bytes[token_id] if token_id < len(self.table.bytes) else None
+        data = self.token_bytes[token_id] if token_id < len(self.token_bytes) else None
         if data is None:  # a special token: its name
             name = self.tokenizer.id_to_token(token_id) if token_id < self.tokenizer.vocab_size else None
             data = (name or "").encode("utf-8")
@@ -363,10 +391,19 @@ async def _chat_response(service: Service, request: Request, job: Job, req: Chat
         return Response(status_code=499)
     texts, reasons, entries, completion_tokens = result
     want_logprobs = req.sampling.logprobs is not None
+    messages = []
+    for i in range(job.size):
+        message: dict[str, Any] = {"role": "assistant", "content": texts[i], "refusal": None}
+        if prepared.tools is not None:
+            content, calls = tooling.parse_tool_calls(texts[i], prepared.tools)
+            if calls:
+                message.update(content=content or None, tool_calls=[c.openai() for c in calls])
+                reasons[i] = "tool_calls"
+        messages.append(message)
     return JSONResponse({
         "id": _id("chatcmpl"), "object": "chat.completion", "created": int(time.time()),
         "model": service.config.model_id, "system_fingerprint": f"lmforge-{lmforge.__version__}",
-        "choices": [{"index": i, "message": {"role": "assistant", "content": texts[i], "refusal": None},
+        "choices": [{"index": i, "message": messages[i],
                      "logprobs": protocol.chat_logprobs(entries[i]) if want_logprobs else None,
                      "finish_reason": reasons[i]} for i in range(job.size)],
         "usage": protocol.usage(prepared.prompt_tokens, completion_tokens),
@@ -421,16 +458,45 @@ class _Chunks:
 class _ChatChunks(_Chunks):
     object_name, id_prefix = "chat.completion.chunk", "chatcmpl"
 
+    def __init__(self, service: Service, sampling: Sampling, prepared: _Prepared) -> None:
+        super().__init__(service, sampling, prepared)
+        self.splitters = None if prepared.tools is None else [tooling.ToolStream(prepared.tools) for _ in range(self.size)]
+
     def opening(self) -> list[bytes]:
         return [self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                              "finish_reason": None}]) for i in range(self.size)]
 
     def delta(self, event: Delta) -> dict[str, Any]:
         logprobs = protocol.chat_logprobs(self.entries(event)) if self.sampling.logprobs is not None else None
-        return {"index": event.choice, "delta": {"content": event.text}, "logprobs": logprobs, "finish_reason": None}
+        text = event.text if self.splitters is None else self.splitters[event.choice].feed(event.text)
+        return {"index": event.choice, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}
 
     def finished(self, event: Finished) -> dict[str, Any]:
         return {"index": event.choice, "delta": {}, "logprobs": None, "finish_reason": event.finish_reason}
+
+    def finished_chunks(self, event: Finished) -> list[bytes]:
+        """The closing chunks of a choice: held-back content, tool calls by index, the finish reason."""
+        if self.splitters is None:
+            return [self.chunk([self.finished(event)])]
+        rest, calls = self.splitters[event.choice].finish()
+        out = []
+        if rest:
+            out.append(self.chunk([{"index": event.choice, "delta": {"content": rest}, "logprobs": None,
+                                    "finish_reason": None}]))
+        for index, call in enumerate(calls):  # the call's head, then its arguments in pieces
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            out.append(self.chunk([{"index": event.choice, "delta": {"tool_calls": [head]}, "logprobs": None,
+                                    "finish_reason": None}]))
+            text = call.arguments_json
+            for start in range(0, len(text), 16):
+                piece = {"index": index, "function": {"arguments": text[start:start + 16]}}
+                out.append(self.chunk([{"index": event.choice, "delta": {"tool_calls": [piece]}, "logprobs": None,
+                                        "finish_reason": None}]))
+        finish = self.finished(event)
+        if calls:
+            finish["finish_reason"] = "tool_calls"
+        out.append(self.chunk([finish]))
+        return out
 
 
 class _CompletionChunks(_Chunks):
@@ -457,6 +523,9 @@ class _CompletionChunks(_Chunks):
     def finished(self, event: Finished) -> dict[str, Any]:
         return {"index": event.choice, "text": "", "logprobs": None, "finish_reason": event.finish_reason}
 
+    def finished_chunks(self, event: Finished) -> list[bytes]:
+        return [self.chunk([self.finished(event)])]
+
 
 async def _stream(request: Request, job: Job, chunks: _ChatChunks | _CompletionChunks) -> Response:
     """Wait for the first event (so a failed admission is a plain HTTP error), then stream SSE."""
@@ -480,7 +549,8 @@ async def _stream(request: Request, job: Job, chunks: _ChatChunks | _CompletionC
                     yield chunks.chunk([chunks.delta(event)])
                 elif isinstance(event, Finished):
                     chunks.completion_tokens += event.completion_tokens
-                    yield chunks.chunk([chunks.finished(event)])
+                    for piece in chunks.finished_chunks(event):
+                        yield piece
                 elif isinstance(event, Failed):
                     yield sse.event(event.error.body())
                     break

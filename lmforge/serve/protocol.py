@@ -126,17 +126,28 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ResponseFormat:
-    type: str  # "json_object" or "json_schema"
-    schema: Any = None  # the JSON schema of "json_schema"
+    type: str  # "json_object", "json_schema", "regex", "grammar" or "choice"
+    schema: Any = None  # the JSON schema of "json_schema", the regex or grammar text, the tuple of choices
     name: str | None = None
+    param: str = "response_format"  # where it came from (for errors)
+
+
+@dataclass(frozen=True)
+class Tools:
+    """`tools`, `tool_choice` and `parallel_tool_calls`, as sent (checked by lmforge.infer.tools)."""
+
+    tools: Any
+    choice: Any
+    parallel: bool
 
 
 @dataclass(frozen=True)
 class ChatRequest:
     model: str
-    messages: tuple[dict[str, str], ...]
+    messages: tuple[dict[str, Any], ...]
     sampling: Sampling
     response_format: ResponseFormat | None
+    tools: Tools | None = None
 
 
 @dataclass(frozen=True)
@@ -238,11 +249,82 @@ def _messages(body: Mapping) -> tuple[dict[str, str], ...]:
         role = message.get("role")
         if role not in CHAT_ROLES:
             raise invalid(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}, got {role!r}", f"messages[{i}].role")
+        item: dict[str, Any] = {"role": CHAT_ROLES[role], "content": _content(message, i)}
         if message.get("tool_calls"):
-            raise invalid("tool calls are not supported by this server", f"messages[{i}].tool_calls",
-                          code="unsupported_parameter")
-        out.append({"role": CHAT_ROLES[role], "content": _content(message, i)})
+            item["tool_calls"] = _tool_calls(message["tool_calls"], i)
+        for key in ("tool_call_id", "name"):
+            if isinstance(message.get(key), str):
+                item[key] = message[key]
+        out.append(item)
     return tuple(out)
+
+
+def _tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise invalid(f"{where} must be an array", where)
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not isinstance(fn.get("arguments", ""), str):
+            raise invalid(f"{where}[{j}] must be {{id, type: function, function: {{name, arguments: JSON text}}}}", where)
+        try:
+            arguments = json.loads(fn.get("arguments") or "{}")
+        except ValueError:
+            raise invalid(f"{where}[{j}].function.arguments is not valid JSON", where) from None
+        out.append({"id": str(call.get("id", "")), "type": "function",
+                    "function": {"name": fn["name"], "arguments": arguments}})
+    return out
+
+
+_STRUCTURED = {"json": "json_schema", "regex": "regex", "grammar": "grammar", "choice": "choice"}
+_GUIDED = {"guided_json": "json", "guided_regex": "regex", "guided_grammar": "grammar", "guided_choice": "choice"}
+
+
+def _structured_outputs(body: Mapping) -> ResponseFormat | None:
+    """vLLM's extra field: structured_outputs {json | regex | grammar | choice | json_object}
+    (or the older guided_json, guided_regex, guided_grammar, guided_choice fields)."""
+    spec = _object(body, "structured_outputs")
+    where = "structured_outputs"
+    if spec is None:
+        spec = {key: body[old] for old, key in _GUIDED.items() if body.get(old) is not None}
+        where = next((old for old in _GUIDED if body.get(old) is not None), where)
+        if not spec:
+            return None
+    given = [k for k in (*_STRUCTURED, "json_object") if spec.get(k) not in (None, False)]
+    if len(given) != 1:
+        raise invalid("structured_outputs takes exactly one of json, regex, grammar, choice, json_object", where)
+    key = given[0]
+    value = spec[key]
+    if key == "json_object":
+        return ResponseFormat("json_object", param=where)
+    if key == "json":
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise invalid("structured_outputs.json is not valid JSON", where, code="invalid_json_schema") from None
+        if not isinstance(value, (dict, bool)):
+            raise invalid("structured_outputs.json must be a JSON schema object", where, code="invalid_json_schema")
+    elif key == "choice":
+        if not isinstance(value, list) or not value or not all(isinstance(c, str) and c for c in value):
+            raise invalid("structured_outputs.choice must be a non-empty array of non-empty strings", where)
+        value = tuple(value)
+    elif not isinstance(value, str) or not value.strip():
+        raise invalid(f"structured_outputs.{key} must be a non-empty string", where)
+    return ResponseFormat(_STRUCTURED[key], value, param=where)
+
+
+def _tools(body: Mapping) -> Tools | None:
+    if body.get("functions") or body.get("function_call"):
+        raise invalid("functions and function_call are deprecated; send tools and tool_choice", "functions",
+                      code="unsupported_parameter")
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    if tools is None or tools == []:
+        if choice not in (None, "none"):
+            raise invalid("tool_choice needs tools", "tool_choice")
+        return None
+    return Tools(tools, choice, _bool(body, "parallel_tool_calls", True))
 
 
 def _response_format(body: Mapping) -> ResponseFormat | None:
@@ -270,18 +352,23 @@ def _response_format(body: Mapping) -> ResponseFormat | None:
 
 
 def parse_chat(body: Mapping, max_tokens_cap: int) -> ChatRequest:
-    if body.get("tools") or body.get("functions"):
-        raise invalid("tools and functions are not supported by this server", "tools", code="unsupported_parameter")
     want = _bool(body, "logprobs")
     top = _int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
     if top is not None and not want:
         raise invalid("top_logprobs needs logprobs to be true", "top_logprobs")
     sampling = _sampling(body, max_tokens_cap, (top or 0) if want else None)
     response_format = _response_format(body)
-    if response_format is not None and sampling.ignore_eos:  # a finished JSON value must be able to end
-        raise invalid("ignore_eos cannot be combined with a JSON response_format", "ignore_eos")
+    structured = _structured_outputs(body)
+    if response_format is not None and structured is not None:
+        raise invalid("send either response_format or structured_outputs, not both", structured.param)
+    response_format = response_format or structured
+    tools = _tools(body)
+    if tools is not None and response_format is not None and tools.choice != "none":
+        raise invalid("tools cannot be combined with a structured response format", "response_format")
+    if (response_format is not None or tools is not None) and sampling.ignore_eos:  # constrained output must end
+        raise invalid("ignore_eos cannot be combined with a response_format, structured_outputs or tools", "ignore_eos")
     return ChatRequest(model=_model(body), messages=_messages(body), sampling=sampling,
-                       response_format=response_format)
+                       response_format=response_format, tools=tools)
 
 
 def _prompts(body: Mapping, vocab_size: int) -> tuple[str | tuple[int, ...], ...]:

@@ -33,6 +33,7 @@ __all__ = [
     "ROLES",
     "ChatTemplate",
     "render_conversation",
+    "tool_messages",
     "validate_messages",
 ]
 
@@ -180,6 +181,70 @@ class ChatTemplate:
         return f"ChatTemplate({len(self._source)} chars)"
 
 
+# ---------------------------------------------------------------------- tools in the conversation
+# For templates that know nothing of tools (SmolLM2's), tools are described the way SmolLM2 was
+# taught to call them: a <tools> list in the system message, calls as <tool_call>[...]</tool_call>.
+_TOOLS_PREAMBLE = (
+    "You can call functions. The functions you may call are listed below as JSON:\n<tools>{tools}</tools>\n\n"
+    "To call functions, answer with only a JSON list of calls between <tool_call> and </tool_call>, like this:\n"
+    '<tool_call>[{{"name": "function_name", "arguments": {{"argument": "value"}}}}]</tool_call>\n'
+    "Function results come back in messages from the tool. When no call is needed, answer normally."
+)
+
+
+def _template_knows_tools(template: ChatTemplate) -> bool:
+    from jinja2 import meta
+
+    return "tools" in meta.find_undeclared_variables(_environment().parse(template.source))
+
+
+def _call_items(calls: Any) -> list[dict[str, Any]]:
+    """OpenAI tool calls (arguments as JSON text or objects) -> [{"name", "arguments": object}]."""
+    items = []
+    for call in calls:
+        fn = call.get("function", call) if isinstance(call, Mapping) else {}
+        arguments = fn.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except ValueError:
+                raise ValueError(f"tool call arguments are not valid JSON: {arguments[:80]!r}") from None
+        items.append({"name": fn.get("name"), "arguments": arguments})
+    return items
+
+
+def tool_messages(messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None,
+                  template: ChatTemplate) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Messages (and template variables) with tools, calls and results in the template's terms.
+
+    A template that reads `tools` (Hugging Face's convention) gets them as a variable and the
+    messages as they are (assistant `tool_calls` with arguments as objects). Any other template
+    gets plain messages: the tools described in the system message, each assistant call written
+    as <tool_call>[...]</tool_call> after its content, and `tool` messages as they are.
+    """
+    out = [dict(m) for m in messages]
+    if _template_knows_tools(template):
+        for message in out:
+            if message.get("tool_calls"):
+                message["content"] = message.get("content") or ""
+                message["tool_calls"] = [{"type": "function", "function": item}
+                                         for item in _call_items(message["tool_calls"])]
+        return out, ({"tools": [dict(t) for t in tools]} if tools else {})
+    for message in out:
+        if message.get("tool_calls"):
+            content = message.get("content") or ""
+            message["content"] = (content + "\n" if content else "") + (
+                "<tool_call>" + json.dumps(_call_items(message.pop("tool_calls")), ensure_ascii=False) + "</tool_call>")
+    if tools:
+        listed = [dict(t.get("function", t)) for t in tools]  # {"name", "description", "parameters"}
+        described = _TOOLS_PREAMBLE.format(tools=json.dumps(listed, ensure_ascii=False))
+        if out and out[0].get("role") == "system":
+            out[0]["content"] = f"{out[0]['content']}\n\n{described}"
+        else:
+            out.insert(0, {"role": "system", "content": described})
+    return out, {}
+
+
 # ---------------------------------------------------------------------- conversation -> ids, mask
 def _special_token_vars(tokenizer: Tokenizer) -> dict[str, str]:
     """bos_token / eos_token / pad_token strings, as transformers passes them to templates."""
@@ -253,6 +318,7 @@ def render_conversation(
     add_generation_prompt: bool = False,
     *,
     template: ChatTemplate | None = None,
+    tools: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Token ids of the rendered conversation and a 0/1 loss mask of the same length.
 
@@ -260,11 +326,15 @@ def render_conversation(
     from the end of that content through the first end-of-turn token (an id in
     `tokenizer.eos_ids`, e.g. <|im_end|>) before the next message starts; 0 on everything else
     (system/user/tool turns, role headers, the generation prompt). The template decides about BOS
-    (as in transformers): nothing is added beyond what it renders.
+    (as in transformers): nothing is added beyond what it renders. `tools` (OpenAI tool
+    definitions) and assistant `tool_calls` are rendered by `tool_messages`.
     """
-    checked = validate_messages(messages)
     chat = template or ChatTemplate.for_tokenizer(tokenizer)
     extra = _special_token_vars(tokenizer)
+    if tools or any(isinstance(m, Mapping) and m.get("tool_calls") for m in messages or ()):
+        messages, tool_vars = tool_messages(messages, tools, chat)
+        extra.update(tool_vars)
+    checked = validate_messages(messages)
     rendered = chat._render(checked, add_generation_prompt, extra)
     ids, offsets = tokenizer.encode_with_offsets(rendered)
     starts = [a for a, _ in offsets]

@@ -68,7 +68,7 @@ CASES = [
      None, 400, "response_format.json_schema.schema", "invalid_json_schema"),
     ("unsupported schema keyword", CHAT,
      chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {
-         "type": "object", "properties": {"a": {"type": "string", "pattern": "^a+$"}}}}}),
+         "type": "object", "properties": {"a": {"type": "string", "not": {"pattern": "^a+$"}}}}}}),
      None, 400, "response_format.json_schema.schema", "invalid_json_schema"),
     ("unknown response_format", CHAT, chat(response_format={"type": "yaml"}), None, 400, "response_format.type", None),
     ("max_tokens too small for the schema", CHAT,
@@ -80,8 +80,20 @@ CASES = [
     ("logit_bias", CHAT, chat(logit_bias={"5": 10}), None, 400, "logit_bias", "unsupported_parameter"),
     ("ignore_eos with JSON output", CHAT, chat(ignore_eos=True, response_format={"type": "json_object"}), None, 400,
      "ignore_eos", None),
-    ("tools", CHAT, chat(tools=[{"type": "function", "function": {"name": "f"}}]), None, 400, "tools",
-     "unsupported_parameter"),
+    ("tool with an invalid parameters schema", CHAT,
+     chat(tools=[{"type": "function", "function": {"name": "f", "parameters": {
+         "type": "object", "properties": {"x": {"type": "banana"}}}}}]), None, 400, "tools[0].function.parameters",
+     "invalid_tool_schema"),
+    ("tools with duplicate names", CHAT,
+     chat(tools=[{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "f"}}]),
+     None, 400, "tools[1].function.name", None),
+    ("tool_choice naming an unknown tool", CHAT,
+     chat(tools=[{"type": "function", "function": {"name": "f"}}],
+          tool_choice={"type": "function", "function": {"name": "g"}}), None, 400, "tool_choice", None),
+    ("tool_choice without tools", CHAT, chat(tool_choice="required"), None, 400, "tool_choice", None),
+    ("legacy functions", CHAT, chat(functions=[{"name": "f"}]), None, 400, "functions", "unsupported_parameter"),
+    ("bad regex in structured_outputs", CHAT, chat(structured_outputs={"regex": "[0-9"}), None, 400,
+     "structured_outputs", "invalid_grammar"),
 ]
 
 
