@@ -237,11 +237,12 @@ def run_predict_command(args: argparse.Namespace) -> int:
         default_fit = args.fit
     document, fit_path = _fit_document(args.fit or default_fit)
     fit = LawFit.from_dict(document)
-    if plan.name in fit.runs:
-        raise ValueError(f"{plan.name} is one of the runs in the fit; choose a run outside it")
     total, non_embedding = parameter_counts(plan.model)
     N = {"params": total, "params_non_embedding": non_embedding}[PARAM_KEYS[fit.params_kind]]
     D, flops = plan.tokens, plan.flops_per_token * plan.tokens
+    same = [r.get("name") for r in document["fit_runs"] if r.get(PARAM_KEYS[fit.params_kind]) == N and r.get("tokens") == D]
+    if same:
+        raise ValueError(f"{plan.name} has the size and tokens of {same[0]}, a run in the fit; choose a run outside it")
     largest = max(float(r.get("flops") or 0) for r in document["fit_runs"]) or None
     item = {"name": plan.name, "N": N, "D": D, "flops": flops, "compute_ratio": flops / largest if largest else None,
             "params": total, "params_non_embedding": non_embedding, **predict(fit, N, D), "observed": None}

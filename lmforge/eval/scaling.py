@@ -434,6 +434,10 @@ def _span(pair: Any, digits: int = 3) -> str:
     return f"[{_g(pair[0], digits)}, {_g(pair[1], digits)}]" if pair else "-"
 
 
+def _heading(title: str, header: list[str]) -> list[str]:
+    return [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+
+
 def summary_markdown(fit: LawFit, runs: list[dict[str, Any]], *, optimal: list[dict[str, Any]],
                      isoflop: dict[str, Any], predictions: list[dict[str, Any]] = (), title: str = "Scaling laws",
                      plots: list[str] = ()) -> str:
@@ -458,9 +462,8 @@ def summary_markdown(fit: LawFit, runs: list[dict[str, Any]], *, optimal: list[d
               f"other units (its own tokens, its own N), a narrow range of N and D, and fixed per-size hyperparameters, "
               f"so its exponents and constants differ.", ""]
     if optimal:
-        lines += ["## Compute-optimal allocation", "",
-                  f"| FLOPs | N_opt ({level}) | D_opt ({level}) | tokens/param ({level}) | loss | best buildable size |",
-                  "|---|---|---|---|---|---|"]
+        lines += _heading("Compute-optimal allocation", ["FLOPs", f"N_opt ({level})", f"D_opt ({level})",
+                                                          f"tokens/param ({level})", "loss", "best buildable size"])
         for row in optimal:
             fam = row.get("family")
             size = (f"depth {fam['depth']}: N={_g(fam['N'], 3)}, D={_g(fam['D'], 3)}, {_g(fam['tokens_per_param'], 3)} tok/param, "
@@ -470,8 +473,8 @@ def summary_markdown(fit: LawFit, runs: list[dict[str, Any]], *, optimal: list[d
                          f"{_span(row.get('tokens_per_param_interval'))} | {_g(row['loss'])} | {size} |")
         lines.append("")
     if isoflop.get("profiles"):
-        lines += ["## IsoFLOP profiles (approach 2)", "", "| FLOPs | runs | N at the minimum | D there | loss there | inside the grid |",
-                  "|---|---|---|---|---|---|"]
+        lines += _heading("IsoFLOP profiles (approach 2)", ["FLOPs", "runs", "N at the minimum", "D there", "loss there",
+                                                             "inside the grid"])
         for p in isoflop["profiles"]:
             lines.append(f"| {_g(p['flops'], 3)} | {p['runs']} | {_g(p.get('N'), 3)} | {_g(p.get('D'), 3)} | {_g(p.get('loss'))} | "
                          f"{'yes' if p.get('inside') else 'no'} |")
@@ -482,9 +485,8 @@ def summary_markdown(fit: LawFit, runs: list[dict[str, Any]], *, optimal: list[d
             lines += ["", "Approach 2 needs at least 2 budgets whose parabola has its minimum inside the swept sizes."]
         lines.append("")
     if predictions:
-        lines += ["## Held-out predictions", "",
-                  f"| run | N | D | FLOPs | x largest swept | predicted ({level} interval) | observed | error | inside |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += _heading("Held-out predictions", ["run", "N", "D", "FLOPs", "x largest swept", f"predicted ({level} interval)",
+                                                    "observed", "error", "inside"])
         for item in predictions:
             observed = item.get("observed")
             error = f"{100 * (observed / item['predicted'] - 1):+.2f}%" if observed is not None else "-"
@@ -494,8 +496,8 @@ def summary_markdown(fit: LawFit, runs: list[dict[str, Any]], *, optimal: list[d
                          f"{_g(observed)} | {error} | {inside} |")
         lines.append("")
     key = PARAM_KEYS[fit.params_kind]
-    lines += ["## Runs", "", "| run | N (non-embedding) | N (total) | tokens | FLOPs (exact) | FLOPs (6ND) | val loss | law | "
-              "bits/byte | train time |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += _heading("Runs", ["run", "N (non-embedding)", "N (total)", "tokens", "FLOPs (exact)", "FLOPs (6ND)", "val loss", "law",
+                               "bits/byte", "train time"])
     for run in runs:
         lines.append(f"| {run.get('name', '-')} | {_g(run.get('params_non_embedding'), 4)} | {_g(run.get('params'), 4)} | "
                      f"{_g(run['tokens'], 4)} | {_g(run.get('flops'), 3)} | {_g(run.get('flops_6nd'), 3)} | "

@@ -222,3 +222,51 @@ def test_sizes_train_side_by_side_with_jobs(tiny_data, tmp_path):
     plan = next(p for p in plan_sweep(config) if p.name == "d2/t4.5e03")
     pretrain(plan.config.replace(out_dir=str(tmp_path / "scratch")), show_progress=False)
     assert runs["d2/t4.5e03"]["val_loss"] == pytest.approx(_final_val_loss(tmp_path / "scratch"), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# the commands, end to end
+# --------------------------------------------------------------------------------------------
+def test_scale_commands_sweep_fit_predict_and_report(tiny_data, tmp_path, capsys):
+    import yaml
+
+    from lmforge.cli.main import main
+    from lmforge.eval.report import build_report
+
+    config = sweep_config(tiny_data, tmp_path / "sweep", budgets={"tokens": [3000, 4500, 6000]}).to_dict()
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**config, "base": {**config["base"], "deterministic": False, "save_every": 0}}))
+
+    assert main(["scale", "sweep", "--config", str(path), "--dry-run", "depths=[1,2,3]"]) == 0
+    printed = capsys.readouterr().out
+    assert "9 runs" in printed and "d3/t6e03" in printed and not (tmp_path / "sweep").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**config, "family": {"aspect": 48, "head_dim": 64}}))
+    assert main(["scale", "sweep", "--config", str(bad)]) == 2
+    assert "cannot build it" in capsys.readouterr().err and not (tmp_path / "sweep").exists()
+
+    assert main(["scale", "sweep", "--config", str(path), "--quiet"]) == 0
+    assert "6 run(s) trained, 0 already done" in capsys.readouterr().out
+    assert main(["scale", "sweep", "--config", str(path), "--quiet"]) == 0
+    assert "0 run(s) trained, 6 already done" in capsys.readouterr().out
+
+    assert main(["scale", "fit", str(tmp_path / "sweep"), "--bootstrap", "20", "--flops", "1e12"]) == 0
+    printed = capsys.readouterr().out
+    assert "over 6 runs, N = non_embedding parameters" in printed and "C=1e+12: N_opt=" in printed
+    fit = json.loads((tmp_path / "sweep/fit.json").read_text())
+    assert fit["bootstrap"] == 20 and len(fit["fit_runs"]) == 6 and fit["optimal"][0]["flops"] == 1e12
+
+    assert main(["scale", "predict", "--config", str(path)]) == 0  # the holdout section: depth 3, 3000 tokens
+    assert "holdout/d3-t3e03: depth 3" in capsys.readouterr().out
+    assert not (tmp_path / "sweep/holdout").exists()  # predicted, not trained
+    assert main(["scale", "predict", "--config", str(path), "--run", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "observed final loss:" in printed and "of the prediction" in printed
+    predictions = json.loads((tmp_path / "sweep/predictions.json").read_text())
+    assert len(predictions) == 1 and predictions[0]["observed"] > 0 and predictions[0]["low"] < predictions[0]["high"]
+    assert (tmp_path / "sweep/holdout/d3-t3e03/result.json").is_file()
+    summary = (tmp_path / "sweep/scaling.md").read_text()
+    assert "| holdout/d3-t3e03 |" in summary
+    assert main(["scale", "predict", "--config", str(path), "--depth", "1", "--tokens", "3000"]) == 2
+    assert "holdout/d1-t3e03 has the size and tokens of d1/t3e03, a run in the fit" in capsys.readouterr().err
+    assert "## Scaling laws: sweep" in build_report(tmp_path / "sweep")
