@@ -19,7 +19,8 @@ One step (`rl_step`), top to bottom:
 
 The algorithms are presets of these settings (any of them can be overridden):
 
-    grpo       group advantages scaled by the group std, clipped ratio (0.2), loss "grpo", beta 0
+    grpo       group advantages scaled by the group std, clipped ratio (0.2), token-level loss ("dapo", TRL's
+               default; "grpo" is the paper's per-completion mean), beta 0
     reinforce  group-mean baseline, no std scaling, no clipping, token-level loss ("dapo"), beta 0,
                one pass: nanochat's RL
     ppo        one completion per prompt, a value head on the policy's hidden states
@@ -83,7 +84,7 @@ TaskScorer = Callable[[Transformer, Tokenizer, str], Mapping[str, float]]
 
 # What each algorithm sets when the config leaves a field at None.
 ALGO_DEFAULTS: dict[str, dict[str, Any]] = {
-    "grpo": {"group_size": 8, "epochs": 1, "loss_type": "grpo", "scale_rewards": "group", "clip_range": 0.2, "beta": 0.0},
+    "grpo": {"group_size": 8, "epochs": 1, "loss_type": "dapo", "scale_rewards": "group", "clip_range": 0.2, "beta": 0.0},
     "reinforce": {"group_size": 8, "epochs": 1, "loss_type": "dapo", "scale_rewards": "none", "clip_range": 0.0,
                   "beta": 0.0},
     "ppo": {"group_size": 1, "epochs": 4, "loss_type": "bnpo", "scale_rewards": "none", "clip_range": 0.2, "beta": 0.05},
@@ -332,12 +333,14 @@ def collect(run: RLRun) -> Experience:
     """Sample completions of the next prompts, score them and work out their advantages."""
     config, state = run.config, run.state
     chosen = run.order.take(config.prompts_per_step)
+    started = time.perf_counter()
     engine = Engine(run.model, run.tokenizer, max_batch_size=min(config.rollout_batch_size,
                                                                    config.prompts_per_step * config.group_size))
     rollout = sample(engine, [run.prompt_ids[i] for i in chosen], group_size=config.group_size,
                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k)
-    run.model.train()
+    run.model.train()  # the engine put it in eval mode
+    rollout_seconds = time.perf_counter() - started
     records = [run.records[i] for i in chosen for _ in range(config.group_size)]
     scores = score_completions(run.rewards, *reward_inputs(records, rollout.texts))
     rewards = scores.total.clone()
@@ -351,7 +354,8 @@ def collect(run: RLRun) -> Experience:
         old_logps, values = batch_forward(run, batch)
     if config.needs_reference:
         ref_logps, _ = batch_forward(run, batch, reference=True)
-    stats = scores.metrics() | rollout.metrics()
+    stats = scores.metrics() | rollout.metrics() | {"time/rollout_s": rollout_seconds,
+                                                      "time/score_s": time.perf_counter() - started - rollout_seconds}
     state.episodes += len(rollout)
 
     if config.algo == "ppo":
@@ -459,7 +463,8 @@ def rl_step(run: RLRun) -> dict[str, float]:
     """One step of the loop: collect experience (steps 1-5), learn from it (step 6), count it."""
     started = time.perf_counter()
     exp = collect(run)
-    stats = exp.stats | update(run, exp)
+    collected = time.perf_counter()
+    stats = exp.stats | update(run, exp) | {"time/update_s": time.perf_counter() - collected}
     run.state.step += 1
     run.state.tokens += int(exp.batch.mask.sum())
     return stats | {"episode": run.state.episodes, "learning_rate": run.optimizer.param_groups[0]["lr"],
