@@ -163,39 +163,21 @@ def format_reward(pattern: str) -> RewardFn:
     return reward
 
 
-def reward_model_reward(folder: str | Path, *, batch_size: int = 8, device: str | torch.device = "cpu") -> RewardFn:
+def reward_model_reward(folder: str | Path, *, batch_size: int = 16, device: str | torch.device = "cpu") -> RewardFn:
     """The score of a reward model: a one-label sequence-classification folder (`lmforge rm`, or any
-    Hugging Face `...ForSequenceClassification` with its tokenizer). Each prompt and completion is
-    tokenized as TRL's reward trainer does (chat prompts through the model's chat template, ending
-    with the end-of-turn token; text with the end-of-sequence token appended) and scored at the last
-    token that is not the pad token."""
+    Hugging Face `...ForSequenceClassification` with its tokenizer), read by
+    `lmforge.infer.reward.score_completions` (tokenized as the reward model was trained, scored at
+    the last token that is not the pad token). An empty completion is scored as a single space."""
+    from lmforge.infer.reward import score_completions as score_with_model
     from lmforge.io.hf import load_sequence_classifier
-    from lmforge.tokenizer.completion import encode_completion
 
     model, tokenizer, pad_id = load_sequence_classifier(folder, device=device)
     if tokenizer is None:
         raise FileNotFoundError(f"reward model {folder} has no tokenizer.json")
-    pad = pad_id if pad_id is not None else (tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id)
-    model.eval()
 
-    @torch.no_grad()
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        sequences = []
-        for prompt, completion in zip(prompts, completions):
-            if not completion_text(completion).strip():
-                completion = " " if isinstance(prompt, str) else [{"role": "assistant", "content": " "}]
-            prompt_ids, completion_ids = encode_completion(tokenizer, prompt, completion)
-            sequences.append(prompt_ids + completion_ids)
-        limit = model.config.max_seq_len
-        scores: list[float] = []
-        for start in range(0, len(sequences), batch_size):
-            chunk = [ids[-limit:] for ids in sequences[start:start + batch_size]]
-            width = max(len(ids) for ids in chunk)
-            ids = torch.full((len(chunk), width), pad if pad is not None else 0, dtype=torch.long)
-            for row, seq in enumerate(chunk):
-                ids[row, :len(seq)] = torch.tensor(seq)
-            scores.extend(model.sequence_scores(ids.to(device), pad).tolist())
-        return scores
+        texts = [completion_text(c) if completion_text(c).strip() else " " for c in completions]
+        return score_with_model(model, tokenizer, pad_id, list(prompts), texts, batch_size=batch_size)
 
     return reward
 
