@@ -32,14 +32,14 @@ def read_prompts(spec: str, limit: int | None, seed: int = 0) -> list[list[dict[
     """Chat prompts from `builtin:train` / `builtin:heldout` (generated open-ended requests, disjoint
     splits) or a JSONL file in TRL's prompt-only layout ({"prompt": text or messages})."""
     from lmforge.data.constitution import example_prompts
-    from lmforge.data.preference import read_prompts_jsonl
+    from lmforge.data.prompts import read_prompt_jsonl
 
     if spec in PROMPT_SETS:
         return example_prompts(limit or 200, spec.split(":")[1], seed)
     if spec.startswith("builtin:"):
         raise ValueError(f"unknown prompt set {spec!r}; choose {' or '.join(PROMPT_SETS)}, or give a JSONL file")
-    records = read_prompts_jsonl(spec, limit)
-    return [[{"role": "user", "content": r}] if isinstance(r, str) else [dict(m) for m in r] for r in records]
+    return [[{"role": "user", "content": r.prompt}] if isinstance(r.prompt, str) else [dict(m) for m in r.prompt]
+            for r in read_prompt_jsonl(spec, limit)]
 
 
 def load_judge_model(spec: str, model: Any, tokenizer: Any):

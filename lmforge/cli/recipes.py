@@ -104,3 +104,23 @@ def recipe_yaml(recipe: Any, header: str = "") -> str:
     comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comments + yaml.dump(_plain(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False,
                                 allow_unicode=True)
+
+
+def recipe_from_args(args: Any, flags: dict[str, str], default_lr: dict[str, float]) -> dict[str, Any]:
+    """The recipe of a training verb: the YAML file (--config), then the flags that were given
+    (`flags` maps an argparse name to a dotted key), then KEY=VALUE overrides. A step or time
+    budget alone sets the run's length (epochs off unless given), and the learning rate defaults
+    by method (`default_lr`: method -> lr; the method defaults to lora); weight decay to 0."""
+    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
+    for flag, key in flags.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            set_key(data, key, value)
+    data = apply_overrides(data, list(args.overrides))
+    if "epochs" not in data and (data.get("max_steps") is not None or data.get("time_budget_s") is not None):
+        data["epochs"] = None
+    optim = data.setdefault("optim", {})
+    if isinstance(optim, dict):
+        optim.setdefault("lr", default_lr.get(data.get("method", "lora"), default_lr["lora"]))
+        optim.setdefault("weight_decay", 0.0)
+    return data

@@ -17,9 +17,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
+from lmforge.cli.recipes import recipe_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,19 +69,7 @@ _FLAGS = {
 def build_config(args: argparse.Namespace):
     from lmforge.train.reward import DEFAULT_LR, RewardConfig
 
-    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
-    for flag, key in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_key(data, key, value)
-    data = apply_overrides(data, list(args.overrides))
-    if "epochs" not in data and (data.get("max_steps") is not None or data.get("time_budget_s") is not None):
-        data["epochs"] = None
-    optim = data.setdefault("optim", {})
-    if isinstance(optim, dict):
-        optim.setdefault("lr", DEFAULT_LR.get(data.get("method", "lora"), DEFAULT_LR["lora"]))
-        optim.setdefault("weight_decay", 0.0)
-    return RewardConfig.from_dict(data)
+    return RewardConfig.from_dict(recipe_from_args(args, _FLAGS, DEFAULT_LR))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -37,8 +37,8 @@ from lmforge.data.chat import CHAT_ROLES, MAX_LINE_BYTES, check_messages
 from lmforge.data.readers import parse_json_object
 
 __all__ = ["Content", "PreferenceData", "PreferencePair", "SkippedRecord", "UnpairedExample", "content_text",
-           "is_conversational", "parse_preference_record", "read_preference_jsonl", "read_prompts_jsonl",
-           "split_shared_prefix", "unpair", "write_preference_jsonl"]
+           "is_conversational", "parse_preference_record", "read_preference_jsonl", "split_shared_prefix", "unpair",
+           "write_preference_jsonl"]
 
 Messages = tuple[dict[str, str], ...]
 Content = Union[str, Messages]  # plain text, or chat messages
@@ -264,28 +264,6 @@ def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None, req
     if not len(data):
         raise ValueError(f"{path}: no usable preference records (skipped: {data.describe_skipped()})")
     return data
-
-
-def read_prompts_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[Content]:
-    """TRL's prompt-only layout: one {"prompt": text or messages} per line (other keys ignored);
-    a line without a usable prompt raises naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
-    prompts: list[Content] = []
-    for number, record in _json_lines(path):
-        where = f"{path}:{number}"
-        if "prompt" not in record:
-            raise ValueError(f"{where}: missing 'prompt' (keys: {', '.join(sorted(record)) or 'none'})")
-        prompt = _content(record["prompt"], "prompt", where)
-        if _is_empty(prompt):
-            raise ValueError(f"{where}: 'prompt' is empty")
-        prompts.append(prompt)
-        if limit is not None and len(prompts) >= limit:
-            break
-    if not prompts:
-        raise ValueError(f"{path}: no prompts found")
-    return prompts
 
 
 def unpair(pairs: Iterable[PreferencePair]) -> list[UnpairedExample]:

@@ -9,8 +9,10 @@ so all ranks take the same branch and no rank waits forever in a collective.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -112,3 +114,16 @@ def broadcast_float(value: float, info: DistInfo) -> float:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def single_process(device: str, what: str) -> Iterator[DistInfo]:
+    """The DistInfo of a run that works in one process: refused under torchrun (naming `what`),
+    and the process group (if any) shut down however the run ends."""
+    info = init_distributed(device)
+    try:
+        if info.enabled:
+            raise ValueError(f"{what} runs in a single process; start it without torchrun")
+        yield info
+    finally:
+        shutdown_distributed()

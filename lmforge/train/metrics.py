@@ -78,3 +78,12 @@ class Throughput:
         rate = (tokens - self._mark[1]) / max(seconds - self._mark[0], 1e-9)
         self._mark = (seconds, tokens)
         return rate
+
+
+def log_training_step(metrics: MetricsLog, display: Any, *, step: int, tokens: int, seconds: float, rate: float,
+                      progress: float, train_loss: float, status: str = "", **fields: Any) -> None:
+    """The periodic record of a training step in metrics.jsonl (step, tokens, time, train_loss and
+    the loop's own `fields`) and the progress line (plus the loop's `status` text)."""
+    metrics.log(step=step, tokens=tokens, time_s=round(seconds, 3), train_loss=train_loss, **fields,
+                tokens_per_s=round(rate, 1))
+    display.update(progress, progress_line(progress, step, train_loss, rate, seconds) + status, log_line=True)

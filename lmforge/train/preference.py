@@ -50,10 +50,11 @@ from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
                                          restore_model, restore_optimizer, save_training_checkpoint)
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
-from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from lmforge.train.distributed import DistInfo, single_process
 from lmforge.train.finetune import LoRASettings
 from lmforge.train.losses.preference import PreferenceLoss, dpo_loss, ipo_loss, kto_loss, orpo_loss, simpo_loss
-from lmforge.train.metrics import MetricsLog, Throughput, plot_metrics, progress_line
+from lmforge.train.metrics import MetricsLog, Throughput, log_training_step, plot_metrics
+from lmforge.train.validation import score_task
 from lmforge.train.optim import build_optimizer
 from lmforge.train.pairs import (EncodedExample, EncodedPair, collate_examples, collate_pairs, completion_logps,
                                  encode_examples, encode_pairs)
@@ -477,17 +478,10 @@ def validate(run: PreferenceRun) -> None:
                         + f", margin {record.get('eval_rewards/margins', float('nan')):.3f}")
 
 
-def score_task(run: PreferenceRun, label: str) -> dict[str, float]:
+def score_run(run: PreferenceRun, label: str) -> dict[str, float]:
     """The task score ("before" or "after" training) from the run's `score` function, logged."""
-    assert run.score is not None
-    started = time.perf_counter()
-    scores = dict(run.score(run.model, run.tokenizer, label))
-    seconds = time.perf_counter() - started
-    run.metrics.log(step=run.state.step, tokens=run.state.tokens, score_s=round(seconds, 1),
-                    **{f"{name}_{label}": value for name, value in scores.items()})
-    shown = ", ".join(f"{n} {v:.1%}" if isinstance(v, float) else f"{n} {v}" for n, v in scores.items())
-    run.display.message(f"task score {label} training: {shown} ({seconds:.0f}s)")
-    return scores
+    return score_task(run.score, run.model, run.tokenizer, label, run.metrics, run.display, run.state.step,
+                      run.state.tokens)
 
 
 def plot_rewards(records: list[dict[str, Any]], path: Path, title: str) -> Path:
@@ -556,15 +550,12 @@ def train(run: PreferenceRun, signals: StopSignals) -> None:
         loss, grad_norm, stats, _ = train_step(run)
         if state.step % config.log_every == 0 or state.step == 1:
             seconds = run.clock.seconds
-            rate = throughput.rate(seconds, state.tokens)
-            run.metrics.log(step=state.step, tokens=state.tokens, time_s=round(seconds, 3), train_loss=loss, loss=loss,
-                            lr=run.optimizer.param_groups[0]["lr"], grad_norm=grad_norm, **stats,
-                            epoch=round(run.batches.epoch_progress, 4), tokens_per_s=round(rate, 1))
-            done = run.progress
-            line = progress_line(done, state.step, loss, rate, seconds)
-            if "rewards/accuracies" in stats:
-                line += f" | acc {stats['rewards/accuracies']:.2f} | margin {stats['rewards/margins']:.3f}"
-            run.display.update(done, line, log_line=True)
+            status = (f" | acc {stats['rewards/accuracies']:.2f} | margin {stats['rewards/margins']:.3f}"
+                      if "rewards/accuracies" in stats else "")
+            log_training_step(run.metrics, run.display, step=state.step, tokens=state.tokens, seconds=seconds,
+                              rate=throughput.rate(seconds, state.tokens), progress=run.progress, train_loss=loss,
+                              status=status, loss=loss, lr=run.optimizer.param_groups[0]["lr"], grad_norm=grad_norm, **stats,
+                              epoch=round(run.batches.epoch_progress, 4))
         with run.clock.paused():
             if config.eval_every and state.step % config.eval_every == 0:
                 validate(run)
@@ -581,7 +572,7 @@ def finish(run: PreferenceRun) -> PreferenceResult:
         if state.last_eval_step != state.step:
             validate(run)
         if run.score is not None:
-            state.scores_after = score_task(run, "after")
+            state.scores_after = score_run(run, "after")
         if state.last_save_step != state.step:
             save(run)
         if config.method == "lora":
@@ -612,13 +603,8 @@ def train_preference(config: PreferenceConfig, *, resume: bool = False, show_pro
                      score: TaskScorer | None = None) -> PreferenceResult:
     """Train on preference data as `config` says; with `score`, measure the model before (unless
     eval_before is off) and after training."""
-    dist = init_distributed(config.device)
-    try:
-        if dist.enabled:
-            raise ValueError("preference training runs in a single process; start it without torchrun")
+    with single_process(config.device, "preference training") as dist:
         return _train_preference(config, dist, resume, show_progress, score)
-    finally:
-        shutdown_distributed()
 
 
 def _train_preference(config: PreferenceConfig, dist: DistInfo, resume: bool, show_progress: bool,
@@ -657,7 +643,7 @@ def _train_preference(config: PreferenceConfig, dist: DistInfo, resume: bool, sh
         write_text_atomically(out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         if score is not None and config.eval_before and run.state.scores_before is None:
             with run.clock.paused():
-                run.state.scores_before = score_task(run, "before")
+                run.state.scores_before = score_run(run, "before")
         with StopSignals() as signals:
             train(run, signals)
             return finish(run)

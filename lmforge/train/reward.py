@@ -38,10 +38,10 @@ from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
                                          restore_model, restore_optimizer, save_training_checkpoint)
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
-from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from lmforge.train.distributed import DistInfo, single_process
 from lmforge.train.finetune import LoRASettings
 from lmforge.train.losses.preference import bradley_terry_loss
-from lmforge.train.metrics import MetricsLog, Throughput, plot_metrics, progress_line
+from lmforge.train.metrics import MetricsLog, Throughput, log_training_step, plot_metrics
 from lmforge.train.optim import build_optimizer
 from lmforge.train.pairs import EncodedPair, collate_pairs, encode_pairs
 from lmforge.train.precision import autocast
@@ -262,13 +262,11 @@ def train(run: RewardRun, signals: StopSignals) -> None:
         loss, grad_norm, accuracy, margin = train_step(run)
         if state.step % config.log_every == 0 or state.step == 1:
             seconds = run.clock.seconds
-            rate = throughput.rate(seconds, state.tokens)
-            run.metrics.log(step=state.step, tokens=state.tokens, time_s=round(seconds, 3), train_loss=loss, loss=loss,
-                            accuracy=accuracy, margin=margin, lr=run.optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
-                            epoch=round(run.batches.epoch_progress, 4), tokens_per_s=round(rate, 1))
-            done = run.progress
-            run.display.update(done, progress_line(done, state.step, loss, rate, seconds) + f" | acc {accuracy:.2f}",
-                               log_line=True)
+            log_training_step(run.metrics, run.display, step=state.step, tokens=state.tokens, seconds=seconds,
+                              rate=throughput.rate(seconds, state.tokens), progress=run.progress, train_loss=loss,
+                              status=f" | acc {accuracy:.2f}", loss=loss, accuracy=accuracy, margin=margin,
+                              lr=run.optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                              epoch=round(run.batches.epoch_progress, 4))
         with run.clock.paused():
             if config.eval_every and state.step % config.eval_every == 0:
                 validate(run)
@@ -306,13 +304,8 @@ def finish(run: RewardRun, accuracy_before: float | None) -> RewardResult:
 
 
 def train_reward_model(config: RewardConfig, *, resume: bool = False, show_progress: bool = True) -> RewardResult:
-    dist = init_distributed(config.device)
-    try:
-        if dist.enabled:
-            raise ValueError("reward-model training runs in a single process; start it without torchrun")
+    with single_process(config.device, "reward-model training") as dist:
         return _train_reward_model(config, dist, resume, show_progress)
-    finally:
-        shutdown_distributed()
 
 
 def _train_reward_model(config: RewardConfig, dist: DistInfo, resume: bool, show_progress: bool) -> RewardResult:

@@ -1,19 +1,21 @@
-"""Held-out loss and bits per byte during training, and sample generations for the log."""
+"""Held-out loss and bits per byte during training, sample generations for the log, and task scores."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from lmforge.core.progress import ProgressDisplay
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from lmforge.train.losses import IGNORE_INDEX, bits_per_byte, token_cross_entropy
+from lmforge.train.metrics import MetricsLog
 from lmforge.train.step import Batch, LossFn, batch_logits
 
 
@@ -69,3 +71,19 @@ def sample_text(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *,
                         top_k=top_k, seed=seed)
     finally:
         model.train(was_training)
+
+
+def score_task(score: Callable[[Transformer, Tokenizer, str], Mapping[str, float]], model: Transformer,
+               tokenizer: Tokenizer, label: str, metrics: MetricsLog, display: ProgressDisplay, step: int,
+               tokens: int) -> dict[str, float]:
+    """A task score of the model ("before" or "after" training) from a `score` function the caller
+    hands in (the train layer cannot import eval), logged as `{metric}_{label}` and shown."""
+    started = time.perf_counter()
+    scores = dict(score(model, tokenizer, label))
+    seconds = time.perf_counter() - started
+    metrics.log(step=step, tokens=tokens, **{f"{name}_{label}": value for name, value in scores.items()},
+                score_s=round(seconds, 1))
+    shown = ", ".join(f"{name} {value:.1%}" if isinstance(value, float) else f"{name} {value}"
+                      for name, value in scores.items())
+    display.message(f"task score {label} training: {shown} ({seconds:.0f}s)")
+    return scores

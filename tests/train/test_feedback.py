@@ -73,13 +73,13 @@ def test_constitutional_pairs_keep_what_the_judge_prefers(tiny):
         assert all(p.name == "short" for p in principles)
         return [len(r) < len(a) for r, a in zip(revisions, answers)]
 
-    pairs, report = constitutional_pairs(model, tokenizer, prompts, CONSTITUTION, prefer,
-                                         params=SamplingParams(max_new_tokens=8))
+    sampled = SamplingParams(max_new_tokens=8, temperature=1.0)
+    pairs, report = constitutional_pairs(model, tokenizer, prompts, CONSTITUTION, prefer, params=sampled)
     assert report.prompts == 8 and report.pairs == len(pairs)
     assert report.pairs + sum(report.dropped.values()) == 8 and seen["n"] <= 8
     for pair in pairs:
         assert len(pair.chosen[0]["content"]) < len(pair.rejected[0]["content"])
         assert pair.source == "constitution:short" and pair.prompt in [tuple(p) for p in prompts]
     nothing, report = constitutional_pairs(model, tokenizer, prompts, CONSTITUTION, lambda *a: [False] * len(a[1]),
-                                           params=SamplingParams(max_new_tokens=8))
+                                           params=sampled)
     assert not nothing and report.dropped["judge did not prefer the revision"] == seen["n"]
