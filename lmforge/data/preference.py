@@ -27,14 +27,14 @@ import json
 import os
 import random
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
 from lmforge.core.files import write_text_atomically
-from lmforge.data.chat import CHAT_ROLES, MAX_LINE_BYTES, check_messages
-from lmforge.data.readers import parse_json_object
+from lmforge.data.chat import CHAT_ROLES, check_messages
+from lmforge.data.readers import jsonl_objects
 
 __all__ = ["Content", "PreferenceData", "PreferencePair", "SkippedRecord", "UnpairedExample", "content_text",
            "is_conversational", "parse_preference_record", "read_preference_jsonl", "split_shared_prefix", "unpair",
@@ -53,8 +53,24 @@ def content_text(content: Content) -> str:
     return content if isinstance(content, str) else "\n".join(m["content"] for m in content)
 
 
+class _Record:
+    """Where a record came from (file:line) and whether it is chat messages."""
+
+    prompt: Content
+    source: str
+    line: int
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+    @property
+    def conversational(self) -> bool:
+        return is_conversational(self.prompt)
+
+
 @dataclass(frozen=True)
-class PreferencePair:
+class PreferencePair(_Record):
     """A prompt, a preferred completion and a dispreferred one, with where it came from."""
 
     prompt: Content
@@ -63,21 +79,13 @@ class PreferencePair:
     source: str = "<memory>"
     line: int = 0
 
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
-
-    @property
-    def conversational(self) -> bool:
-        return is_conversational(self.prompt)
-
     def record(self) -> dict[str, Any]:
         """The TRL JSONL record (explicit prompt)."""
         return {key: _plain(getattr(self, key)) for key in ("prompt", "chosen", "rejected")}
 
 
 @dataclass(frozen=True)
-class UnpairedExample:
+class UnpairedExample(_Record):
     """One completion judged good (`label` True) or bad on its own: KTO's data."""
 
     prompt: Content
@@ -85,14 +93,6 @@ class UnpairedExample:
     label: bool | None  # None: not judged (records read for scoring only)
     source: str = "<memory>"
     line: int = 0
-
-    @property
-    def where(self) -> str:
-        return f"{self.source}:{self.line}"
-
-    @property
-    def conversational(self) -> bool:
-        return is_conversational(self.prompt)
 
     def record(self) -> dict[str, Any]:
         record = {"prompt": _plain(self.prompt), "completion": _plain(self.completion)}
@@ -222,21 +222,6 @@ def parse_preference_record(record: dict[str, Any], source: str = "<memory>", li
     return PreferencePair(prompt, chosen, rejected, source, line)
 
 
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; a bad line raises naming path:line."""
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if len(raw) > MAX_LINE_BYTES:
-                raise ValueError(f"{where}: line is longer than {MAX_LINE_BYTES >> 20} MiB")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{where}: not UTF-8 ({error.reason} at byte {error.start})") from None
-            if text.strip():
-                yield number, parse_json_object(text, where, "a JSON object (a preference record)")
-
-
 def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None, require_label: bool = True
                           ) -> PreferenceData:
     """Every record of a preference file, checked; the first malformed line raises with its number,
@@ -246,7 +231,7 @@ def read_preference_jsonl(path: str | os.PathLike, limit: int | None = None, req
         raise FileNotFoundError(f"preference data file {path} does not exist")
     data = PreferenceData()
     kind_line: tuple[str, int] | None = None
-    for number, record in _json_lines(path):
+    for number, record in jsonl_objects(path, "a JSON object (a preference record)"):
         try:
             example = parse_preference_record(record, str(path), number, require_label)
         except SkippedRecord as skip:

@@ -78,6 +78,25 @@ def parse_json_object(text: str, where: str, expected: str = "a JSON object") ->
     return record
 
 
+def jsonl_objects(path: str | os.PathLike, expected: str = "a JSON object",
+                  max_line_bytes: int = 16 << 20) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSONL file; a line that is too long, not
+    UTF-8, not JSON or not an object raises a ValueError naming path:line (`expected` says what the
+    line should have been)."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            if len(raw) > max_line_bytes:
+                raise ValueError(f"{where}: line is longer than {max_line_bytes >> 20} MiB")
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(f"{where}: not UTF-8 ({error.reason} at byte {error.start})") from None
+            if text.strip():
+                yield number, parse_json_object(text, where, expected)
+
+
 def read_jsonl(path: Path, text_field: str, stats: ReadStats) -> Iterator[str]:
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):

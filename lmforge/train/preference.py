@@ -97,25 +97,18 @@ class VerifiableSettings:
 
 
 @dataclass(frozen=True)
-class PreferenceConfig(RecipeConfig):
-    model: str = "smollm2-135m-instruct"
-    data: str | None = None  # preference JSONL (TRL layouts); None -> pairs generated as `generate` says
+class PairRunConfig(RecipeConfig):
+    """What every run on preference pairs sets (the DPO family here, reward models in `.reward`)."""
+
+    model: str = "smollm2-135m-instruct"  # known name, GGUF file, HF folder or lmforge checkpoint
+    data: str | None = None  # preference JSONL (TRL layouts); None -> pairs generated as `generate` says (CLI)
     val_data: str | None = None  # held-out pairs; None -> split off `data`
     val_fraction: float = 0.05
     val_max: int = 100
-    loss: LossName = "dpo"
-    beta: float | None = None  # None -> the loss's usual value (dpo/ipo/orpo/kto 0.1, simpo 2.0)
-    label_smoothing: float = 0.0  # dpo (conservative DPO) and simpo
-    simpo_gamma: float = 0.5  # simpo: target reward margin
-    desirable_weight: float = 1.0  # kto
-    undesirable_weight: float = 1.0  # kto
-    reference_cache: str | None = None  # None -> out_dir/reference_logps.pt
     generate: VerifiableSettings = field(default_factory=VerifiableSettings)
-    score_task: str | None = None  # a generated task scored before/after (default: generate.task when pairs are generated)
     out_dir: str = "runs/dpo"
     method: Literal["full", "lora"] = "lora"
     lora: LoRASettings = field(default_factory=LoRASettings)
-    merge: bool = False
     max_length: int = 512  # tokens of prompt + completion
     batch_size: int = 8  # pairs (kto: examples) per micro-batch
     grad_accum: int = 1
@@ -133,7 +126,6 @@ class PreferenceConfig(RecipeConfig):
     log_every: int = 5
     eval_every: int = 50  # steps between held-out pair evaluations; 0 = only at the end
     eval_batch_size: int = 16
-    eval_before: bool = True  # score the task before training too (with a score function)
     save_every: int = 0  # steps; 0 = only at the end (and on SIGTERM/SIGINT)
     keep_checkpoints: int = 2
     plot: bool = True
@@ -141,12 +133,29 @@ class PreferenceConfig(RecipeConfig):
     def __post_init__(self) -> None:
         self._check_run(("epochs", "max_steps", "time_budget_s"),
                         ("max_length", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"))
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class PreferenceConfig(PairRunConfig):
+    loss: LossName = "dpo"
+    beta: float | None = None  # None -> the loss's usual value (dpo/ipo/orpo/kto 0.1, simpo 2.0)
+    label_smoothing: float = 0.0  # dpo (conservative DPO) and simpo
+    simpo_gamma: float = 0.5  # simpo: target reward margin
+    desirable_weight: float = 1.0  # kto
+    undesirable_weight: float = 1.0  # kto
+    reference_cache: str | None = None  # None -> out_dir/reference_logps.pt
+    score_task: str | None = None  # a generated task scored before/after (default: generate.task when pairs are generated)
+    eval_before: bool = True  # score the task before training too (with a score function)
+    merge: bool = False  # also write the merged model to out_dir/merged (LoRA)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.beta is not None and self.beta <= 0:
             raise ValueError(f"beta must be positive, got {self.beta}")
         if not 0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.merge and self.method != "lora":
             raise ValueError("merge applies to LoRA runs (a full fine-tune already is a complete model)")
 

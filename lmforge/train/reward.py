@@ -20,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -37,15 +37,14 @@ from lmforge.model.lora import apply_lora, count_parameters, merge_lora
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
                                          restore_model, restore_optimizer, save_training_checkpoint)
-from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
+from lmforge.train.config import OptimConfig
 from lmforge.train.distributed import DistInfo, single_process
-from lmforge.train.finetune import LoRASettings
 from lmforge.train.losses.preference import bradley_terry_loss
 from lmforge.train.metrics import MetricsLog, Throughput, log_training_step, plot_metrics
 from lmforge.train.optim import build_optimizer
 from lmforge.train.pairs import EncodedPair, collate_pairs, encode_pairs
 from lmforge.train.precision import autocast
-from lmforge.train.preference import VerifiableSettings
+from lmforge.train.preference import PairRunConfig
 from lmforge.train.reproducibility import prepare_process
 from lmforge.train.schedule import fraction_done, lr_multiplier
 from lmforge.train.signals import StopSignals, TrainClock
@@ -56,46 +55,18 @@ REWARD_MODEL = "reward_model"
 
 
 @dataclass(frozen=True)
-class RewardConfig(RecipeConfig):
-    model: str = "smollm2-135m-instruct"
-    data: str | None = None  # preference JSONL; None -> verifiable pairs generated as `generate` says (CLI)
-    val_data: str | None = None
+class RewardConfig(PairRunConfig):
     val_fraction: float = 0.1
     val_max: int = 200
-    generate: VerifiableSettings = field(default_factory=VerifiableSettings)
+    out_dir: str = "runs/rm"
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=DEFAULT_LR["lora"], weight_decay=0.0))
     center_coefficient: float = 0.0  # TRL's center_rewards_coefficient (0: off)
     head_init_std: float = 0.02
-    out_dir: str = "runs/rm"
-    method: Literal["full", "lora"] = "lora"
-    lora: LoRASettings = field(default_factory=LoRASettings)
-    max_length: int = 512
-    batch_size: int = 8  # pairs per micro-batch
-    grad_accum: int = 1
-    epochs: float | None = 1.0
-    max_steps: int | None = None
-    time_budget_s: float | None = None
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=DEFAULT_LR["lora"], weight_decay=0.0))
-    schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="cosine", warmup_steps=5, min_lr_frac=0.1))
-    grad_clip: float = 1.0
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    seed: int = 0
-    deterministic: bool = False
-    device: str = "auto"
-    threads: int | None = None
-    log_every: int = 5
-    eval_every: int = 50
-    eval_batch_size: int = 16
-    save_every: int = 0
-    keep_checkpoints: int = 2
-    plot: bool = True
 
     def __post_init__(self) -> None:
-        self._check_run(("epochs", "max_steps", "time_budget_s"),
-                        ("max_length", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"))
+        super().__post_init__()
         if self.center_coefficient < 0 or self.head_init_std < 0:
             raise ValueError("center_coefficient and head_init_std must be >= 0")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
 
 @dataclass
