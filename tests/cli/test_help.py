@@ -29,6 +29,8 @@ def _help_text(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def _problems(parser: argparse.ArgumentParser) -> list[str]:
     problems = []
+    # One of a required group of alternatives must be given: it has no default to show.
+    required = {id(a) for group in parser._mutually_exclusive_groups if group.required for a in group._group_actions}
     for action in parser._actions:
         if isinstance(action, SKIPPED):
             continue
@@ -36,7 +38,8 @@ def _problems(parser: argparse.ArgumentParser) -> list[str]:
         text = _help_text(parser, action)
         if not text.strip() or action.help == argparse.SUPPRESS:
             problems.append(f"{name}: no help text")
-        elif action.option_strings and not action.required and action.nargs != 0 and "default" not in text:
+        elif (action.option_strings and not action.required and id(action) not in required and action.nargs != 0
+              and "default" not in text):
             problems.append(f"{name}: the help does not say its default ({text!r})")
     return problems
 
