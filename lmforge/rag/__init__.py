@@ -1,0 +1,1 @@
+"""Retrieval-augmented generation: document indexes (BM25, dense, fused), cited answers, abstention."""
