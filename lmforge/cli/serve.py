@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the id clients pass as `model` (default: the --model name, or the file/folder name)")
     parser.add_argument("--default-max-tokens", type=int, default=1024,
                         help="chat reply limit when a request sets no max_tokens (default 1024)")
+    parser.add_argument("--rag", default=None, metavar="INDEX",
+                        help="a RAG index folder (lmforge rag index) answered at POST /v1/rag/ask (default: none)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level")
     parser.set_defaults(func=run)
@@ -60,7 +62,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"lmforge: warning: serving on {args.host} without --api-key; anyone who can reach it may use it",
               file=sys.stderr)
     model, tokenizer = load_from_args(args)
-    app = create_app(model, tokenizer, config)
+    rag_index = None
+    if args.rag:
+        from lmforge.rag.index import RagIndex
+
+        rag_index = RagIndex.load(args.rag)
+    app = create_app(model, tokenizer, config, rag_index=rag_index)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"lmforge: serving {config.model_id} on http://{host}:{args.port} (chat page at /, API at /v1)",
           file=sys.stderr, flush=True)

@@ -32,6 +32,9 @@ from lmforge.infer.engine import Engine, TokenLogprob
 from lmforge.infer.grammar import Grammar, GrammarCompiler, GrammarError, GrammarSpec
 from lmforge.infer.sampling import SamplingParams
 from lmforge.model.transformer import Transformer
+from lmforge.rag import answer as rag_answer
+from lmforge.rag.embed import Embedder
+from lmforge.rag.index import RagIndex
 from lmforge.serve import protocol, sse
 from lmforge.serve.errors import APIError, busy, from_status, invalid, server_error, unauthorized
 from lmforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
@@ -277,9 +280,11 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig) -> FastAPI:
-    """The ASGI app; its lifespan starts and stops the scheduler thread."""
+def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, rag_index: RagIndex | None = None) -> FastAPI:
+    """The ASGI app; its lifespan starts and stops the scheduler thread. With `rag_index`,
+    POST /v1/rag/ask answers questions from it with citations."""
     service = Service(model, tokenizer, config)
+    embedder = Embedder(model, tokenizer)
     page = resources.files("lmforge.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
     @asynccontextmanager
@@ -348,6 +353,39 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig) ->
         if req.sampling.stream:
             return await _stream(request, job, _ChatChunks(service, req.sampling, prepared))
         return await _chat_response(service, request, job, req, prepared)
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Response:
+        service.authorize(request)
+        body = await service.read_json(request)
+        service.check_model(body.get("model") or "")
+        texts = protocol.parse_embedding_input(body)
+        vectors = await run_in_threadpool(embedder.embed, texts)
+        tokens = await run_in_threadpool(embedder.count_tokens, texts)
+        return JSONResponse(protocol.embedding_response(vectors.tolist(), config.model_id, tokens,
+                                                        body.get("encoding_format") or "float"))
+
+    @app.post("/v1/rag/ask")
+    async def rag_ask(request: Request) -> Response:
+        service.authorize(request)
+        if rag_index is None:
+            raise APIError(404, "this server serves no RAG index (start it with --rag INDEX)", type="not_found_error",
+                           code="not_found")
+        body = await service.read_json(request)
+        question, k = protocol.parse_rag_question(body)
+        hits = await run_in_threadpool(rag_index.search, question, k)
+        if not rag_index.relevant(hits):
+            return JSONResponse(rag_answer.abstain(hits).to_dict())
+        ids, _ = await run_in_threadpool(render_conversation, tokenizer, rag_answer.build_messages(question, hits), True)
+        max_tokens = service._max_tokens(len(ids), protocol._int(body, "max_tokens", 1, 1024), 64, "question")
+        grammar = service.compiler.grammar(rag_answer.answer_grammar(len(hits)))
+        service.check_room(1)
+        params = service._params(protocol._sampling(body, max_tokens, None), max_tokens, 0)
+        job = await service.submit(_Prepared([ids], [params], [grammar.constraint(max_tokens)], len(ids)))
+        result = await _collect(service, request, job)
+        if result is None:
+            return Response(status_code=499)
+        return JSONResponse(rag_answer.finish(result[0][0], hits).to_dict())
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -360,30 +360,38 @@ def collect(run: RLRun) -> Experience:
 
     if config.algo == "ppo":
         assert old_logps is not None and ref_logps is not None and values is not None
-        kl = (kl_k1 if config.kl_estimator == "k1" else kl_k3)(old_logps, ref_logps) * mask
-        non_score = -state.kl_coef * kl
-        token_rewards = non_score.clone()
-        last = mask.sum(1) - 1
-        token_rewards[torch.arange(len(rewards)), last] += rewards
-        if config.whiten_rewards:
-            token_rewards = whiten(token_rewards, mask, shift_mean=False) * mask
-        advantages, returns = gae(token_rewards, values, mask, config.gamma, config.lam)
-        if config.whiten_advantages:
-            advantages = whiten(advantages, mask) * mask
-        mean_kl = float(kl.sum(1).mean())
-        stats |= {"objective/kl": mean_kl, "objective/entropy": float((-old_logps * mask).sum(1).mean()),
-                  "objective/non_score_reward": float(non_score.sum(1).mean()),
-                  "objective/rlhf_reward": float(non_score.sum(1).mean() + rewards.mean()),
-                  "objective/scores": float(rewards.mean()), "objective/kl_coef": state.kl_coef,
-                  "val/num_eos_tokens": float(stopped.sum())}
-        if config.kl_target is not None:  # proportional controller (Ziegler et al. 2019)
-            error = max(-0.2, min(0.2, mean_kl / config.kl_target - 1))
-            state.kl_coef *= 1 + error * len(rollout) / config.kl_horizon
+        advantages, returns, ppo_stats = ppo_advantages(config, state, rewards, old_logps, ref_logps, values, mask)
+        stats |= ppo_stats | {"val/num_eos_tokens": float(stopped.sum())}
         return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, values, returns, stats)
-
     advantages, std = group_advantages(rewards, config.group_size, config.scale_rewards)
     stats["frac_reward_zero_std"] = float(torch.isclose(std, torch.zeros_like(std)).float().mean())
     return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, stats=stats)
+
+
+def ppo_advantages(config: RLConfig, state: RLState, rewards: torch.Tensor, old_logps: torch.Tensor,
+                   ref_logps: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """PPO's (advantages, returns, objective/* statistics): every token's reward is -beta x its KL
+    to the reference, the last token's adds the completion's reward; GAE; whitening. With a KL
+    target, beta then moves towards the coefficient that keeps the KL there."""
+    kl = (kl_k1 if config.kl_estimator == "k1" else kl_k3)(old_logps, ref_logps) * mask
+    non_score = -state.kl_coef * kl
+    token_rewards = non_score.clone()
+    token_rewards[torch.arange(len(rewards)), mask.sum(1) - 1] += rewards
+    if config.whiten_rewards:
+        token_rewards = whiten(token_rewards, mask, shift_mean=False) * mask
+    advantages, returns = gae(token_rewards, values, mask, config.gamma, config.lam)
+    if config.whiten_advantages:
+        advantages = whiten(advantages, mask) * mask
+    mean_kl = float(kl.sum(1).mean())
+    stats = {"objective/kl": mean_kl, "objective/entropy": float((-old_logps * mask).sum(1).mean()),
+             "objective/non_score_reward": float(non_score.sum(1).mean()),
+             "objective/rlhf_reward": float(non_score.sum(1).mean() + rewards.mean()),
+             "objective/scores": float(rewards.mean()), "objective/kl_coef": state.kl_coef}
+    if config.kl_target is not None:  # proportional controller (Ziegler et al. 2019)
+        error = max(-0.2, min(0.2, mean_kl / config.kl_target - 1))
+        state.kl_coef *= 1 + error * len(rewards) / config.kl_horizon
+    return advantages, returns, stats
 
 
 # --------------------------------------------------------------------------------------------
