@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
+from lmforge.cli.recipes import recipe_from_args
 
 DEFAULT_FORMAT = r"The answer is -?[\d,]*\d(\.\d+)?\.?$"
 
@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-range-high", type=float, help="upper epsilon (DAPO clip-higher; default = --clip-range)")
     parser.add_argument("--beta", type=float, help="KL coefficient to the reference (default grpo/reinforce 0, ppo 0.05)")
     parser.add_argument("--kl-target", type=float, help="PPO: adapt beta so the KL tracks this (default: fixed beta)")
-    parser.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+    parser.add_argument("--lr", type=float, help="learning rate (default 1e-4 for lora, 1e-5 for full)")
     parser.add_argument("--max-steps", type=int, help="steps (default 100)")
     parser.add_argument("--time-budget", type=float, help="seconds of training (rollouts included, held-out scoring not) (default: none, no time limit)")
     parser.add_argument("--eval-items", type=int, help="held-out items scored (default 200; 0: none)")
@@ -100,14 +100,9 @@ _FLAGS = {
 
 
 def build_config(args: argparse.Namespace):
-    from lmforge.train.rl import RLConfig
+    from lmforge.train.rl import DEFAULT_LR, RLConfig
 
-    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
-    for flag, key in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_key(data, key, value)
-    data = apply_overrides(data, list(args.overrides))
+    data = recipe_from_args(args, _FLAGS, DEFAULT_LR)
     if data.get("time_budget_s") is not None and "max_steps" not in data:
         data["max_steps"] = None  # a time budget alone decides the length, not the 100-step default
     return RLConfig.from_dict(data)

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from lmforge.data.chat import CHAT_ROLES, MAX_LINE_BYTES, check_messages
-from lmforge.data.readers import parse_json_object
+from lmforge.data.chat import CHAT_ROLES, check_messages
+from lmforge.data.readers import jsonl_objects
 from lmforge.data.synthetic import make_items
 
 __all__ = ["PromptOrder", "PromptRecord", "read_prompt_jsonl", "task_prompts"]
@@ -71,21 +71,10 @@ def read_prompt_jsonl(path: str | os.PathLike, limit: int | None = None) -> list
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
     records = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
-            if len(raw) > MAX_LINE_BYTES:
-                raise ValueError(f"{where}: line is longer than {MAX_LINE_BYTES >> 20} MiB")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{where}: not UTF-8 ({error.reason} at byte {error.start})") from None
-            if not text.strip():
-                continue
-            records.append(parse_prompt_record(parse_json_object(text, where, "a JSON object with a 'prompt'"),
-                                               str(path), number))
-            if limit is not None and len(records) >= limit:
-                break
+    for number, record in jsonl_objects(path, "a JSON object with a 'prompt'"):
+        records.append(parse_prompt_record(record, str(path), number))
+        if limit is not None and len(records) >= limit:
+            break
     if not records:
         raise ValueError(f"{path}: no prompts")
     return records

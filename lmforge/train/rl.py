@@ -54,25 +54,25 @@ from lmforge.core.plotting import save_figure
 from lmforge.core.progress import ProgressDisplay
 from lmforge.data.prompts import PromptOrder, PromptRecord, read_prompt_jsonl, task_prompts
 from lmforge.infer.engine import Engine
-from lmforge.io.checkpoint import load_meta, load_train_state
+from lmforge.io.checkpoint import load_meta
 from lmforge.io.peft import save_adapter
 from lmforge.io.registry import load_model
 from lmforge.model.heads import ScalarHeadModel
-from lmforge.model.lora import adapters_disabled, apply_lora, count_parameters, lora_state_dict, merged_state_dict
+from lmforge.model.lora import adapters_disabled, apply_lora, count_parameters
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.completion import encode_prompt
 from lmforge.tokenizer.tokenizer import Tokenizer
-from lmforge.train.checkpointing import (RunState, find_resume_checkpoint, restore_optimizer, restore_training_checkpoint,
-                                         save_training_checkpoint)
+from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
+                                         restore_model, restore_optimizer, save_training_checkpoint)
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
-from lmforge.train.distributed import DistInfo, init_distributed, shutdown_distributed
+from lmforge.train.distributed import DistInfo, single_process
 from lmforge.train.finetune import LoRASettings
 from lmforge.train.losses.rl import (clip_metrics, gae, group_advantages, kl_k1, kl_k3, masked_mean, policy_loss,
                                      token_logprobs, value_loss, whiten)
 from lmforge.train.metrics import MetricsLog
 from lmforge.train.optim import Optimizers, build_optimizer
 from lmforge.train.precision import autocast
-from lmforge.train.reproducibility import prepare_process, set_rng_state
+from lmforge.train.reproducibility import prepare_process
 from lmforge.train.rewards import Reward, RewardScores, score_completions
 from lmforge.train.rollout import Rollout, RolloutBatch, sample
 from lmforge.train.schedule import lr_multiplier
@@ -80,6 +80,7 @@ from lmforge.train.signals import StopSignals, TrainClock
 from lmforge.train.step import clip_gradients, ensure_finite
 
 Algo = Literal["grpo", "reinforce", "ppo"]
+DEFAULT_LR = {"lora": 1e-4, "full": 1e-5}
 TaskScorer = Callable[[Transformer, Tokenizer, str], Mapping[str, float]]
 
 # What each algorithm sets when the config leaves a field at None.
@@ -137,7 +138,7 @@ class RLConfig(RecipeConfig):
     # length and optimisation
     max_steps: int | None = 100
     time_budget_s: float | None = None
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-4, weight_decay=0.0))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=DEFAULT_LR["lora"], weight_decay=0.0))
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(name="constant", warmup_steps=0))
     grad_clip: float = 1.0
     dtype: Literal["float32", "bfloat16"] = "float32"
@@ -505,10 +506,8 @@ def save(run: RLRun) -> None:
     train_state = {"step": state.step, "tokens": state.tokens, "train_seconds": run.clock.seconds,
                    "episodes": state.episodes, "kl_coef": state.kl_coef, "prompt_order": run.order.state_dict(),
                    "method": config.method, "algo": config.algo, "scores_before": state.scores_before}
-    export = model
-    if config.method == "lora":
-        train_state["lora"] = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
-        export = Transformer.from_state_dict(model.config, merged_state_dict(model))
+    export, extra = checkpoint_model(model)
+    train_state |= extra
     if run.value_head is not None:
         train_state["value_head"] = run.value_head.weight.detach().cpu().clone()
     meta = {"step": state.step, "train_seconds": round(run.clock.seconds, 3), "lmforge_version": lmforge.__version__,
@@ -531,17 +530,7 @@ def resume_run(config: RLConfig, model: Transformer, value_head: nn.Linear | Non
     if saved.get("method") != config.method or saved.get("algo") != config.algo:
         raise ValueError(f"{checkpoint} is from a {saved.get('algo', 'non-RL')} ({saved.get('method')}) run; "
                          f"this run is {config.algo} ({config.method})")
-    if config.method == "lora":
-        resumed = load_train_state(checkpoint)
-        set_rng_state(resumed["rng"])
-        params = lora_state_dict(model)
-        if set(resumed.get("lora", {})) != set(params):
-            raise ValueError(f"{checkpoint}: its adapter does not match this run's LoRA layers")
-        with torch.no_grad():
-            for name, param in params.items():
-                param.copy_(resumed["lora"][name])
-    else:
-        resumed = restore_training_checkpoint(checkpoint, model, dist)
+    resumed = restore_model(checkpoint, model, dist)
     if value_head is not None:
         with torch.no_grad():
             value_head.weight.copy_(resumed["value_head"])
@@ -595,13 +584,8 @@ def train(run: RLRun, signals: StopSignals) -> None:
         with run.clock.paused():
             if run.score is not None and config.eval_every and state.step % config.eval_every == 0:
                 score_task(run, f"step{state.step}")
-            state.stopped_by = signals.received if signals.requested(run.dist) else None
-            if state.stopped_by or (config.save_every and state.step % config.save_every == 0):
-                save(run)
-        if state.stopped_by:
-            run.display.message(f"stopped by {state.stopped_by} at step {state.step}; checkpoint saved to "
-                                f"{state.checkpoint}; continue with --resume")
-            return
+            if checkpoint_if_due(state, signals, run.dist, config.save_every, lambda: save(run), run.display.message):
+                return
 
 
 def finish(run: RLRun) -> RLResult:
@@ -668,13 +652,8 @@ def train_rl(config: RLConfig, rewards: Sequence[Reward], *, resume: bool = Fals
     `score`, measure the model on held-out data before, every eval_every steps and after."""
     if [r.name for r in rewards] != list(config.rewards):
         raise ValueError(f"the reward functions {[r.name for r in rewards]} do not match config.rewards {list(config.rewards)}")
-    dist = init_distributed(config.device)
-    try:
-        if dist.enabled:
-            raise ValueError("RL runs in a single process; start it without torchrun")
+    with single_process(config.device, "RL") as dist:
         return _train_rl(config, list(rewards), dist, resume, show_progress, score)
-    finally:
-        shutdown_distributed()
 
 
 def _train_rl(config: RLConfig, rewards: list[Reward], dist: DistInfo, resume: bool, show_progress: bool,
