@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from lmforge.data.readers import ReadStats, expand_inputs, iter_documents
 from lmforge.data.shards import DEFAULT_SHARD_TOKENS, FORMAT_VERSION, META_FILE, ShardWriter, TokenData, move_tail, token_dtype
 
 EncodeBatch = Callable[[list[str]], list[list[int]]]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -59,8 +61,8 @@ def _is_val(text: str, fraction: float) -> bool:
     return int.from_bytes(digest, "little") / 2**64 < fraction
 
 
-def _batches(documents: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
+def _batches(documents: Iterator[T], size: int) -> Iterator[list[T]]:
+    batch: list[T] = []
     for document in documents:
         batch.append(document)
         if len(batch) == size:
@@ -81,7 +83,13 @@ def prepare_corpus(
     tokenizer_folder: str | os.PathLike,
     options: PrepareOptions = PrepareOptions(),
     on_progress: Callable[[int], None] | None = None,  # called with input bytes consumed so far
+    plant: Callable[[Iterator[str], Callable[[], int]], Iterator[tuple[str, bool]]] | None = None,
+    scrub: Callable[[str], str] | None = None,
+    extra_meta: Callable[[], dict] | None = None,
 ) -> TokenData:
+    """`plant` (data.canaries.CanaryPlanter) adds documents to the deduplicated stream, each as
+    (text, train_only); `scrub` (data.pii.PiiScrubber) rewrites every document after that, canaries
+    included; `extra_meta()` adds keys to meta.json once the stream is done."""
     out = Path(out)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -95,9 +103,14 @@ def prepare_corpus(
         started = time.time()
         documents = (clean_text(d) for d in iter_documents(inputs, options.text_field, stats, options.max_bytes))
         unique = (d for d in documents if d and (not options.dedup or dedup.is_new(d)))
-        for batch in _batches(unique, options.batch_documents):
-            for text, ids in zip(batch, encode_batch(batch)):
-                name = "val" if options.split == "hash" and _is_val(text, options.val_fraction) else "train"
+        stream = plant(unique, lambda: stats.bytes) if plant is not None else ((d, False) for d in unique)
+        if scrub is not None:
+            stream = ((scrub(d), train_only) for d, train_only in stream)
+        for pairs in _batches(stream, options.batch_documents):
+            batch = [d for d, _ in pairs]
+            for (text, train_only), ids in zip(pairs, encode_batch(batch)):
+                hashed_val = options.split == "hash" and not train_only and _is_val(text, options.val_fraction)
+                name = "val" if hashed_val else "train"
                 array = np.asarray([boundary_id] + ids, dtype=np.int64)
                 writers[name].write(array)
                 counts[name]["documents"] += 1
@@ -135,6 +148,7 @@ def prepare_corpus(
             "seconds": round(time.time() - started, 2),
             "splits": {name: {"shards": w.shards, "lengths": w.lengths, "tokens": w.tokens, **counts[name]}
                        for name, w in writers.items()},
+            **(extra_meta() if extra_meta is not None else {}),
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         _replace_folder(tmp, out)
