@@ -522,7 +522,7 @@ def run_sweep(config: SweepConfig, pretrain: Pretrain, *, jobs: int = 1, show_pr
     """Train every run of the sweep not finished yet (plan_sweep checks the grid first) and keep
     runs.json up to date. Each size trains its budgets smallest first, so every branch finds its trunk
     state; with jobs > 1, sizes train side by side in that many processes (each with the recipe's
-    threads; the costliest sizes start first). `pretrain` is lmforge.train.pretrain.pretrain."""
+    threads; the longest start first). `pretrain` is lmforge.train.pretrain.pretrain."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     if jobs > 1 and on_eval is not None:
@@ -536,8 +536,8 @@ def run_sweep(config: SweepConfig, pretrain: Pretrain, *, jobs: int = 1, show_pr
     sizes: dict[int, list[RunPlan]] = {}
     for plan in plans:
         sizes.setdefault(plan.depth, []).append(plan)
-    # costliest first (training FLOPs; on CPUs smaller models run fewer FLOP/s, so ties go to them)
-    order = sorted(sizes.values(), key=lambda group: (-sum(p.flops_per_token * p.tokens for p in group), group[0].depth))
+    # the longest first: training FLOPs over width (a CPU's FLOP/s grows roughly with the width at these sizes)
+    order = sorted(sizes.values(), key=lambda group: -sum(p.flops_per_token * p.tokens for p in group) / group[0].model.dim)
     report = SweepReport(out)
 
     def collect(trained: list[str], skipped: list[str], stopped: bool) -> None:

@@ -166,7 +166,7 @@ class Interrupted(Exception):
 
 def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_data, tmp_path):
     config = sweep_config(tiny_data, tmp_path / "sweep")
-    target = "d2/t1.2e04"  # the last run: 94 steps of 128 tokens, branching from the trunk at step 75
+    target = "d2/t1.2e04"  # the larger size trains first; this is its last run: 94 steps of 128 tokens, from step 75
 
     def interrupting(run_config: PretrainConfig, **kwargs):
         if run_config.out_dir.endswith(target):
@@ -180,12 +180,12 @@ def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_data, t
     with pytest.raises(Interrupted):
         run_sweep(config, interrupting, show_progress=False, log=lambda _: None)
     finished = sorted(p.parent.relative_to(tmp_path / "sweep").as_posix() for p in (tmp_path / "sweep").glob("d*/*/result.json"))
-    assert finished == ["d1/t1.2e04", "d1/t3e03", "d1/t6e03", "d2/t3e03", "d2/t6e03"]
+    assert finished == ["d2/t3e03", "d2/t6e03"]
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").rglob("*") if p.is_file() and target not in str(p)}
     assert (tmp_path / "sweep" / target / "step_00000080").is_dir()
 
     report = run_sweep(config, pretrain, show_progress=False, log=lambda _: None)
-    assert report.trained == [target] and sorted(report.skipped) == finished
+    assert report.trained == [target, "d1/t3e03", "d1/t6e03", "d1/t1.2e04"] and sorted(report.skipped) == finished
     changed = [p for p, stamp in stamps.items() if p.stat().st_mtime_ns != stamp and p.name not in ("runs.json", "sweep_config.json")]
     assert changed == []  # finished runs and the trunks were not touched
     resumed_steps = _train_losses(tmp_path / "sweep" / target, 0)
@@ -195,7 +195,7 @@ def test_interrupted_sweep_resumes_without_retraining_finished_runs(tiny_data, t
     assert _final_val_loss(tmp_path / "sweep" / target) == pytest.approx(_final_val_loss(tmp_path / "scratch"), rel=1e-6)
     runs = load_runs(tmp_path / "sweep")
     assert len(runs["runs"]) == 6 and runs["planned"] == 6 and runs["budget_kind"] == "tokens"
-    assert {r["name"] for r in runs["runs"]} == set(finished) | {target}
+    assert {r["name"] for r in runs["runs"]} == set(finished) | set(report.trained)
     assert all(r["val_loss"] > 0 and r["flops"] > r["flops_6nd"] > 0 for r in runs["runs"])
     assert [row["depth"] for row in runs["family"][:3]] == [1, 2, 3]
     # a third call has nothing left to do
@@ -269,4 +269,9 @@ def test_scale_commands_sweep_fit_predict_and_report(tiny_data, tmp_path, capsys
     assert "| holdout/d3-t3e03 |" in summary
     assert main(["scale", "predict", "--config", str(path), "--depth", "1", "--tokens", "3000"]) == 2
     assert "holdout/d1-t3e03 has the size and tokens of d1/t3e03, a run in the fit" in capsys.readouterr().err
+    recipe = plan_holdout(SweepConfig.from_dict(config), depth=3, tokens=6000).config  # a plain pretraining recipe
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({**recipe.to_dict(), "out_dir": str(tmp_path / "mine")}))
+    assert main(["scale", "predict", "--recipe", str(tmp_path / "recipe.yaml"), "--fit", str(tmp_path / "sweep/fit.json")]) == 0
+    assert "mine: depth 3, N=" in capsys.readouterr().out
+    assert {p["name"] for p in json.loads((tmp_path / "sweep/predictions.json").read_text())} == {"holdout/d3-t3e03", "mine"}
     assert "## Scaling laws: sweep" in build_report(tmp_path / "sweep")
