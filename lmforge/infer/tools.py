@@ -229,10 +229,8 @@ def parse_tool_calls(text: str, tools: Sequence[ToolSpec] = ()) -> tuple[str, li
     at = text.find(OPEN)
     if at < 0:
         return text, []
-    end = text.find(CLOSE, at)
-    body = text[at + len(OPEN): end if end >= 0 else len(text)]
-    try:
-        items = json.loads(body)
+    try:  # decoded in place: a string argument may itself contain "</tool_call>"
+        items, _ = json.JSONDecoder().raw_decode(text, at + len(OPEN))
     except ValueError:
         return text, []
     if isinstance(items, dict):

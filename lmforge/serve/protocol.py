@@ -438,3 +438,49 @@ def completion_logprobs(entries: list[dict[str, Any]], text_start: int = 0) -> d
         position += len(e["token"])
     return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
             "top_logprobs": [{t: lp for t, lp, _ in e["top"]} for e in entries], "text_offset": offsets}
+
+
+# ---------------------------------------------------------------------- embeddings and RAG
+MAX_EMBEDDING_INPUTS = 256
+MAX_EMBEDDING_CHARS = 100_000
+
+
+def parse_embedding_input(body: Mapping) -> list[str]:
+    """`input` of /v1/embeddings: a string or an array of strings (token-id inputs are refused)."""
+    value = body.get("input")
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise invalid("input must be a string or a non-empty array of strings", "input")
+    if len(texts) > MAX_EMBEDDING_INPUTS:
+        raise invalid(f"at most {MAX_EMBEDDING_INPUTS} inputs are accepted per request", "input")
+    if any(len(t) > MAX_EMBEDDING_CHARS for t in texts):
+        raise invalid(f"each input may hold at most {MAX_EMBEDDING_CHARS} characters", "input")
+    fmt = body.get("encoding_format")
+    if fmt not in (None, "float", "base64"):
+        raise invalid("encoding_format must be float or base64", "encoding_format")
+    if body.get("dimensions") is not None:
+        raise invalid("dimensions is not supported by this server", "dimensions", code="unsupported_parameter")
+    return texts
+
+
+def embedding_response(vectors: list[list[float]], model: str, tokens: int, encoding: str) -> dict[str, Any]:
+    import base64
+    import struct
+
+    def encode(vector: list[float]) -> Any:
+        if encoding == "base64":
+            return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+        return vector
+
+    return {"object": "list", "model": model,
+            "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def parse_rag_question(body: Mapping) -> tuple[str, int]:
+    question = body.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise invalid("question must be a non-empty string", "question")
+    if len(question) > MAX_EMBEDDING_CHARS:
+        raise invalid(f"question may hold at most {MAX_EMBEDDING_CHARS} characters", "question")
+    return question, _int(body, "k", 1, 20, 5)
