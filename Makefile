@@ -57,7 +57,9 @@ test-all: $(DEV) chromium
 	LMFORGE_CHROMIUM="$(CHROMIUM)" $(BIN)/python -m pytest -q -m "" --durations=25
 
 bench: $(DEV)
+	$(PIP) -e '.[bench]'
 	$(BIN)/python bench/decode.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

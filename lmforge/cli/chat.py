@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lmforge.cli.common import add_model_flags, add_sampling_flags, load_from_args, sampling_params
+from lmforge.cli.common import (add_engine_flags, add_model_flags, add_sampling_flags, engine_from_args,
+                                load_from_args, sampling_params)
 from lmforge.infer.engine import Engine
 
 HELP = "commands: /reset clears the conversation, /exit quits"
@@ -14,6 +15,7 @@ HELP = "commands: /reset clears the conversation, /exit quits"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("chat", help="chat with a model (interactive, or one-shot with --prompt)")
     add_model_flags(parser)
+    add_engine_flags(parser, compile_auto="off")
     add_sampling_flags(parser, max_new_tokens=512)
     parser.add_argument("--prompt", default=None, help="ask one question, print the answer and exit (default: none, an interactive chat)")
     parser.add_argument("--system", default=None, help="system prompt (default: none)")
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     params = sampling_params(args)
     model, tokenizer = load_from_args(args)
-    engine = Engine(model, tokenizer, max_batch_size=1)
+    engine = engine_from_args(args, model, tokenizer, max_batch_size=1, compile_auto=False)
     base = [{"role": "system", "content": args.system}] if args.system else []
     if args.prompt is not None:
         answer = _reply(engine, base + [{"role": "user", "content": args.prompt}], params)

@@ -11,7 +11,10 @@ import traceback
 import torch
 
 from lmforge.core.device import parse_device, parse_dtype
+from lmforge.infer.engine import Engine, suggested_threads
 from lmforge.infer.sampling import SamplingParams
+from lmforge.infer.speculative import PromptLookup
+from lmforge.io.gguf import QUANT_MODES
 from lmforge.io.registry import DEFAULT_MODEL, load_model
 
 
@@ -61,7 +64,23 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="float32 or bfloat16")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's own choice)")
+                        help="CPU threads for PyTorch (default: about one per 32 MB of weights, at most "
+                             "PyTorch's own choice; small models decode faster on few threads)")
+    parser.add_argument("--quant", default="auto", choices=QUANT_MODES,
+                        help="weights on the quantized CPU kernels: auto = a GGUF file's Q4_0/Q4_1/Q8_0 tensors "
+                             "run as stored (exact; float models stay float), int8 = every linear layer and the "
+                             "embedding in int8 per channel, int4 = in 4 bits per group of 32, none = float weights")
+
+
+def add_engine_flags(parser: argparse.ArgumentParser, compile_auto: str) -> None:
+    """Flags of the decode loop; `compile_auto` says what `--compile auto` means for this verb."""
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
+                        help=f"run the decode step under torch.compile: faster steps after a one-time compilation "
+                             f"(tens of seconds, cached on disk); auto = {compile_auto} for this command")
+    parser.add_argument("--speculate", type=int, default=0, metavar="N",
+                        help="prompt-lookup speculative decoding: draft up to N tokens by matching the last tokens "
+                             "against the prompt and output so far, verified in one step (same output; faster when "
+                             "the answer repeats its input); 0 = off")
 
 
 def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int = 256) -> None:
@@ -92,4 +111,20 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
 def load_from_args(args: argparse.Namespace):
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, dtype=parse_dtype(args.dtype), device=parse_device(args.device))
+    device = parse_device(args.device)
+    model, tokenizer = load_model(args.model, dtype=parse_dtype(args.dtype), device=device,
+                                  quant=getattr(args, "quant", "none"))
+    if not args.threads and device.type == "cpu":
+        torch.set_num_threads(suggested_threads(model))
+    return model, tokenizer
+
+
+def engine_from_args(args: argparse.Namespace, model, tokenizer, max_batch_size: int, compile_auto: bool,
+                     **engine_options) -> Engine:
+    """An Engine with the --compile and --speculate choices of `add_engine_flags`."""
+    if args.speculate < 0:
+        raise ValueError(f"--speculate must be 0 (off) or a positive number of draft tokens, got {args.speculate}")
+    compile = args.compile == "on" or (args.compile == "auto" and compile_auto)
+    speculative = PromptLookup(num_draft=args.speculate) if args.speculate else None
+    return Engine(model, tokenizer, max_batch_size=max_batch_size, compile=compile, speculative=speculative,
+                  **engine_options)

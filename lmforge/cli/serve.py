@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmforge.cli.common import add_model_flags, load_from_args
+from lmforge.cli.common import add_engine_flags, add_model_flags, load_from_args
 from lmforge.data.hub import is_repo_id
 from lmforge.io.registry import NAMED_MODELS
 
@@ -18,6 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI-compatible, with "
                     "streaming and JSON-schema output), /health, and a chat page at /.")
     add_model_flags(parser)
+    add_engine_flags(parser, compile_auto="on")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--api-key", default=os.environ.get("LMFORGE_API_KEY"),
@@ -57,11 +58,16 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         model_id=model_id(args), api_key=args.api_key or None, max_concurrency=args.max_concurrency,
         cors_origins=tuple(args.cors_origin), default_max_tokens=args.default_max_tokens,
+        compile=args.compile != "off", speculate=args.speculate,
     )
+    if args.speculate < 0:
+        raise ValueError(f"--speculate must be 0 (off) or a positive number of draft tokens, got {args.speculate}")
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"lmforge: warning: serving on {args.host} without --api-key; anyone who can reach it may use it",
               file=sys.stderr)
     model, tokenizer = load_from_args(args)
+    if config.compile:
+        print("lmforge: compiling the decode step (once; cached on disk for the next start)", file=sys.stderr, flush=True)
     rag_index = None
     if args.rag:
         from lmforge.rag.index import RagIndex

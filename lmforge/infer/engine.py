@@ -299,7 +299,10 @@ class Engine:
                     torch._dynamo.mark_dynamic(ids, dim)
                     torch._dynamo.mark_dynamic(positions, dim)
             try:
-                return self._compiled(ids, positions, self.cache, slots)
+                # Without duck shaping, a window that happens to equal the cache size at compile
+                # time stays a size of its own (else every later, smaller window would recompile).
+                with torch.fx.experimental._config.patch(use_duck_shape=False):
+                    return self._compiled(ids, positions, self.cache, slots)
             except Exception as error:  # no C++ compiler, an unsupported op...: eager gives the same result
                 log.warning("compiled decode step failed (%s: %s); continuing without torch.compile",
                             type(error).__name__, str(error).splitlines()[0] if str(error) else "")
@@ -462,3 +465,12 @@ def generate(model: Transformer, tokenizer: Tokenizer, prompts: list[str], *, ma
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     engine = Engine(model, tokenizer, max_batch_size=max(1, min(len(prompts), 16)))
     return [c.text for c in engine.generate(prompts, params)]
+
+
+def suggested_threads(model: torch.nn.Module) -> int:
+    """CPU threads for decoding `model`: about one per 32 MB of weights read per token, at most
+    PyTorch's default (the physical cores). Splitting a small model's matrices over many threads
+    costs more in synchronisation than it gains; large models use every core."""
+    from lmforge.model.quant import weight_bytes
+
+    return max(1, min(torch.get_num_threads(), weight_bytes(model) // (32 * 2**20)))

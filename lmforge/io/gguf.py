@@ -82,6 +82,15 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, quant
     return GGUFContents(config, state_dict, tokenizer, scalars, packed)
 
 
+def describe_gguf(path: str | os.PathLike) -> tuple[ModelConfig, Tokenizer]:
+    """Config and tokenizer of a GGUF file, without reading any tensor data."""
+    path = Path(path)
+    opened = open_gguf(path)
+    config = config_from_metadata(opened.metadata, path)
+    tied = not any(t.name == "output.weight" for t in opened.tensors)
+    return config.replace(tie_embeddings=tied), Tokenizer.from_gguf_metadata(opened.metadata)
+
+
 def read_blocks(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> GroupQuantized:
     """Q4_0 / Q4_1 / Q8_0 blocks of 32 weights as exact integers with their fp16 scale (and minimum).
 
@@ -93,7 +102,7 @@ def read_blocks(type_name: str, data: np.ndarray, shape: tuple[int, int]) -> Gro
     payload = 32 if type_name == "Q8_0" else 16
     if width % 32:
         raise ValueError(f"{type_name} tensor of width {width} is not made of 32-weight blocks")
-    blocks = torch.from_numpy(np.ascontiguousarray(data).view(np.uint8).reshape(-1, header + payload))
+    blocks = torch.from_numpy(np.array(data, dtype=np.uint8, copy=True).reshape(-1, header + payload))  # off the read-only map
     if blocks.shape[0] != rows * width // 32:
         raise ValueError(f"{type_name} tensor data holds {blocks.shape[0]} blocks, its shape {shape} needs {rows * width // 32}")
     groups = (rows, width // 32)

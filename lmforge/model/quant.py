@@ -376,3 +376,35 @@ def weight_bytes(model: nn.Module) -> int:
             seen.add(key)
             total += tensor.numel() * tensor.element_size()
     return total
+
+
+@torch.no_grad()
+def refresh_quantized(twin: nn.Module, source: nn.Module) -> None:
+    """Copy `source`'s current weights into `twin` (made by `quantize_model(source, mode)`),
+    requantizing in place: same tensors and shapes, so an engine (or a compiled step) built on the
+    twin keeps working. For training loops that sample from the model they train."""
+    sources = dict(source.named_modules())
+    for name, module in twin.named_modules():
+        if not isinstance(module, QUANT_LAYERS):
+            continue
+        if isinstance(module, QuantEmbedding) and any(isinstance(m, Int8Linear) and m.weight is module.weight
+                                                      for m in twin.modules()):
+            continue  # it reads the head's table, refreshed with the head
+        weight = sources[name].weight
+        if isinstance(module, QuantEmbedding):
+            q = quantize_int8(weight) if module.zeros is None else quantize_int4(weight, module.group_size)
+            fresh = QuantEmbedding(q, module.out_dtype)
+        elif isinstance(module, Int8Linear):
+            fresh = Int8Linear(quantize_int8(weight), None, module.compute_dtype)
+        else:
+            fresh = Int4Linear(quantize_int4(weight, module.group_size), None, module.compute_dtype)
+        for key, tensor in fresh.named_buffers():
+            target = module.get_buffer(key)
+            if target.shape != tensor.shape:
+                raise ValueError(f"{name}: {key} has shape {tuple(target.shape)} in the twin, {tuple(tensor.shape)} "
+                                 "from the source (was the twin made from another model or a GGUF file?)")
+            target.copy_(tensor)
+    params = dict(source.named_parameters())
+    for name, tensor in twin.named_parameters():  # norms, biases and any layer left in float
+        if name in params and params[name].shape == tensor.shape:
+            tensor.copy_(params[name])

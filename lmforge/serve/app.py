@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -31,11 +31,14 @@ from lmforge.infer import tools as tooling
 from lmforge.infer.engine import Engine, TokenLogprob
 from lmforge.infer.grammar import Grammar, GrammarCompiler, GrammarError, GrammarSpec
 from lmforge.infer.sampling import SamplingParams
+from lmforge.infer.speculative import PromptLookup
 from lmforge.model.transformer import Transformer
 from lmforge.rag import answer as rag_answer
 from lmforge.rag.embed import Embedder
 from lmforge.rag.index import RagIndex
+from lmforge.serve import moderation as guard
 from lmforge.serve import protocol, sse
+from lmforge.serve.metrics import CONTENT_TYPE as METRICS_TYPE, ServeMetrics, timing
 from lmforge.serve.errors import APIError, busy, from_status, invalid, server_error, unauthorized
 from lmforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
 from lmforge.serve.scheduler import Delta, Done, Failed, Finished, Job, Scheduler
@@ -54,6 +57,9 @@ class ServeConfig:
     cors_origins: tuple[str, ...] = ()
     default_max_tokens: int = 1024  # chat replies, when the request sets no limit (capped by the context)
     max_seq_len: int | None = None  # None: the model's context
+    moderation: Any = None  # an infer.moderation.Moderator: input checks before generating, output checks after
+    compile: bool = False  # decode step under torch.compile, compiled before the server starts answering
+    speculate: int = 0  # prompt-lookup draft tokens per step (0: off)
 
     def __post_init__(self) -> None:
         if not self.model_id:
@@ -76,6 +82,7 @@ class _Prepared:
     prompt_tokens: int
     echo_texts: list[str] | None = None
     tools: list[tooling.ToolSpec] | None = None  # set when replies may hold tool calls
+    started: float = field(default_factory=time.perf_counter)  # the usage's time_s and /metrics
 
 
 class Service:
@@ -84,11 +91,32 @@ class Service:
     def __init__(self, model: Transformer, tokenizer: Tokenizer, config: ServeConfig) -> None:
         self.config = config
         self.tokenizer = tokenizer
-        self.engine = Engine(model, tokenizer, max_batch_size=config.max_concurrency, max_seq_len=config.max_seq_len)
+        self.engine = Engine(model, tokenizer, max_batch_size=config.max_concurrency, max_seq_len=config.max_seq_len,
+                             compile=config.compile,
+                             speculative=PromptLookup(num_draft=config.speculate) if config.speculate else None)
+        self.engine.warm_up()
         self.scheduler = Scheduler(self.engine)
         self.compiler = GrammarCompiler.for_tokenizer(tokenizer, self.engine.vocab_size)
         self.token_bytes = token_bytes(tokenizer)
         self.created = int(time.time())
+        self.metrics = ServeMetrics()
+
+    def usage(self, endpoint: str, prompt_tokens: int, completion_tokens: int, started: float,
+              reason: str) -> dict[str, Any]:
+        """A response's usage (tokens, wall time, rate); records the request for /metrics."""
+        seconds = time.perf_counter() - started
+        self.metrics.observe(endpoint, reason, prompt_tokens, completion_tokens, seconds)
+        return {**protocol.usage(prompt_tokens, completion_tokens), **timing(seconds, completion_tokens)}
+
+    def refuse(self, kind: str, prepared: _Prepared, n: int, stream: bool, include_usage: bool) -> Response:
+        """The moderation policy's refusal in the endpoint's shape, without running the model."""
+        usage = self.usage(kind, prepared.prompt_tokens, 0, prepared.started, guard.FINISH)
+        return guard.whole_response(kind, self.config.model_id, [self.config.moderation.refusal] * n,
+                                    [guard.FINISH] * n, usage, stream, include_usage)
+
+    def streams_live(self, stream: bool) -> bool:
+        """Stream as tokens come, unless output checks need each reply whole first."""
+        return stream and (self.config.moderation is None or not self.config.moderation.applies_to("output"))
 
     # -- request gates -------------------------------------------------------------------------
     def authorize(self, request: Request) -> None:
@@ -325,6 +353,13 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         return {"status": "ok", "model": config.model_id, "running": service.scheduler.in_use,
                 "capacity": service.scheduler.capacity, "auth": config.api_key is not None}
 
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        service.authorize(request)
+        gauges = {"lmforge_running_sequences": service.scheduler.in_use,
+                  "lmforge_capacity_sequences": service.scheduler.capacity}
+        return Response(service.metrics.render(gauges, config.moderation), media_type=METRICS_TYPE)
+
     def model_card() -> dict[str, Any]:
         return {"id": config.model_id, "object": "model", "created": service.created, "owned_by": "lmforge",
                 "max_model_len": service.engine.max_seq_len}
@@ -349,8 +384,10 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         service.check_model(req.model)
         service.check_room(req.sampling.n)
         prepared = await run_in_threadpool(service.prepare_chat, req)
+        if await run_in_threadpool(guard.check_input, config.moderation, list(req.messages)):
+            return service.refuse("chat", prepared, req.sampling.n, req.sampling.stream, req.sampling.include_usage)
         job = await service.submit(prepared)
-        if req.sampling.stream:
+        if service.streams_live(req.sampling.stream):
             return await _stream(request, job, _ChatChunks(service, req.sampling, prepared))
         return await _chat_response(service, request, job, req, prepared)
 
@@ -395,8 +432,11 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         service.check_model(req.model)
         service.check_room(len(req.prompts) * req.sampling.n)
         prepared = await run_in_threadpool(service.prepare_completion, req)
+        if await run_in_threadpool(guard.check_input, config.moderation, None, list(req.prompts)):
+            return service.refuse("completion", prepared, len(prepared.prompts), req.sampling.stream,
+                                  req.sampling.include_usage)
         job = await service.submit(prepared)
-        if req.sampling.stream:
+        if service.streams_live(req.sampling.stream):
             return await _stream(request, job, _CompletionChunks(service, req.sampling, prepared))
         return await _completion_response(service, request, job, req, prepared)
 
@@ -428,6 +468,11 @@ async def _chat_response(service: Service, request: Request, job: Job, req: Chat
     if result is None:
         return Response(status_code=499)
     texts, reasons, entries, completion_tokens = result
+    texts, reasons = await run_in_threadpool(guard.filter_outputs, service.config.moderation, texts, reasons)
+    usage = service.usage("chat", prepared.prompt_tokens, completion_tokens, prepared.started, reasons[0])
+    if req.sampling.stream:  # checked whole before streaming (serve.moderation)
+        return guard.whole_response("chat", service.config.model_id, texts, reasons, usage, True,
+                                    req.sampling.include_usage)
     want_logprobs = req.sampling.logprobs is not None
     messages = []
     for i in range(job.size):
@@ -444,7 +489,7 @@ async def _chat_response(service: Service, request: Request, job: Job, req: Chat
         "choices": [{"index": i, "message": messages[i],
                      "logprobs": protocol.chat_logprobs(entries[i]) if want_logprobs else None,
                      "finish_reason": reasons[i]} for i in range(job.size)],
-        "usage": protocol.usage(prepared.prompt_tokens, completion_tokens),
+        "usage": usage,
     })
 
 
@@ -454,7 +499,13 @@ async def _completion_response(service: Service, request: Request, job: Job, req
     if result is None:
         return Response(status_code=499)
     texts, reasons, entries, completion_tokens = result
+    texts, reasons = await run_in_threadpool(guard.filter_outputs, service.config.moderation, texts, reasons)
+    usage = service.usage("completion", prepared.prompt_tokens, completion_tokens, prepared.started, reasons[0])
     echo = prepared.echo_texts
+    if req.sampling.stream:  # checked whole before streaming (serve.moderation)
+        return guard.whole_response("completion", service.config.model_id,
+                                    [(echo[i] if echo else "") + t for i, t in enumerate(texts)], reasons, usage, True,
+                                    req.sampling.include_usage)
     want_logprobs = req.sampling.logprobs is not None
     return JSONResponse({
         "id": _id("cmpl"), "object": "text_completion", "created": int(time.time()),
@@ -462,7 +513,7 @@ async def _completion_response(service: Service, request: Request, job: Job, req
         "choices": [{"index": i, "text": (echo[i] if echo else "") + texts[i],
                      "logprobs": protocol.completion_logprobs(entries[i]) if want_logprobs else None,
                      "finish_reason": reasons[i]} for i in range(job.size)],
-        "usage": protocol.usage(prepared.prompt_tokens, completion_tokens),
+        "usage": usage,
     })
 
 
@@ -478,6 +529,7 @@ class _Chunks:
         self.size = len(prepared.prompts)
         self.prompt_tokens = prepared.prompt_tokens
         self.completion_tokens = 0
+        self.started, self.reason = prepared.started, "stop"
         self.id = _id(self.id_prefix)
         self.created = int(time.time())
 
@@ -587,14 +639,17 @@ async def _stream(request: Request, job: Job, chunks: _ChatChunks | _CompletionC
                     yield chunks.chunk([chunks.delta(event)])
                 elif isinstance(event, Finished):
                     chunks.completion_tokens += event.completion_tokens
+                    chunks.reason = event.finish_reason
                     for piece in chunks.finished_chunks(event):
                         yield piece
                 elif isinstance(event, Failed):
                     yield sse.event(event.error.body())
                     break
                 elif isinstance(event, Done):
+                    usage = service.usage("chat" if chunks.object_name.startswith("chat") else "completion",
+                                          chunks.prompt_tokens, chunks.completion_tokens, chunks.started, chunks.reason)
                     if chunks.sampling.include_usage:
-                        yield chunks.chunk([], protocol.usage(chunks.prompt_tokens, chunks.completion_tokens))
+                        yield chunks.chunk([], usage)
                     break
                 try:
                     event = await events.__anext__()

@@ -134,3 +134,24 @@ def test_lmforge_config_contradicting_tensors_names_our_field(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"down_proj.weight has shape \[32, 256\], but ffn_dim=64, dim=32 give \[32, 64\]"):
         load_pretrained(tmp_path)
+
+
+def test_export_carries_generation_config_and_chat_template_for_transformers_and_vllm(tmp_path, smollm):
+    """What vLLM reads from an exported folder (generation_config.json, the tokenizer's chat
+    template) loads in transformers and renders the same prompt as lmforge."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from lmforge.tokenizer.chat import render_conversation
+
+    model, tokenizer = smollm
+    save_pretrained(model, tokenizer, tmp_path)
+    generation = GenerationConfig.from_pretrained(tmp_path)
+    assert generation.bos_token_id == tokenizer.bos_id
+    assert sorted(generation.eos_token_id) == sorted(tokenizer.eos_ids)
+    theirs = AutoTokenizer.from_pretrained(tmp_path)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Paris?"},
+                    {"role": "assistant", "content": "In France."}, {"role": "user", "content": "And Rome?"}]
+    text = theirs.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    ours, _ = render_conversation(tokenizer, conversation, add_generation_prompt=True)
+    assert text.endswith("<|im_start|>assistant\n") and "And Rome?" in text
+    assert theirs(text, add_special_tokens=False)["input_ids"] == ours
