@@ -204,3 +204,64 @@ def test_other_tensor_types_are_refused_by_name(tmp_path, small_tokenizer, type_
     write_typed_llama(path, small_tokenizer, type_name)
     with pytest.raises(ValueError, match=f"tensor 'token_embd.weight' has unsupported type {type_name}"):
         load_gguf(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Q4_0 / Q4_1 / Q8_0 loaded as they are stored, into the quantized layers
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+def test_packed_blocks_load_exactly_into_quantized_layers(tmp_path, small_tokenizer, type_name):
+    from lmforge.model.quant import Int4Linear, QuantEmbedding
+
+    path = tmp_path / f"tiny-{type_name}.gguf"
+    expected = write_typed_llama(path, small_tokenizer, type_name)
+    contents = load_gguf(path, quant="auto")
+    assert set(contents.state_dict) == {GGUF_TO_HF[n] for n in expected if n.endswith("norm.weight")}
+    for name, values in expected.items():
+        if name.endswith("norm.weight"):
+            continue
+        if name == "blk.0.attn_q.weight":
+            values = llama_cpp_unpermute(values, HEADS)
+        elif name == "blk.0.attn_k.weight":
+            values = llama_cpp_unpermute(values, KV_HEADS)
+        packed = contents.packed[GGUF_TO_HF[name].removesuffix(".weight")]
+        assert torch.equal(packed.dequantize(), torch.from_numpy(values)), name  # bit for bit: no requantization
+
+    dequantized = Transformer.from_state_dict(*_floats(path))
+    exact = Transformer.from_state_dict(contents.config, contents.state_dict, quant="auto", packed=contents.packed,
+                                        compute_dtype=torch.float32)
+    fast = Transformer.from_state_dict(contents.config, contents.state_dict, quant="auto", packed=contents.packed)
+    assert isinstance(exact.lm_head, Int4Linear) and isinstance(exact.model.embed_tokens, QuantEmbedding)
+    assert exact.lm_head.planes == (2 if type_name == "Q8_0" else 1)  # 8-bit blocks as two 4-bit planes
+    ids = torch.tensor([small_tokenizer.encode("the cat sat on the mat")])
+    with torch.no_grad():
+        reference = dequantized(ids)
+        torch.testing.assert_close(exact(ids), reference, atol=1e-5, rtol=1e-5)
+        assert (fast(ids) - reference).abs().max() < 0.02 * reference.abs().max()  # bfloat16 activations
+
+
+def _floats(path):
+    contents = load_gguf(path)
+    return contents.config, contents.state_dict
+
+
+def test_embedded_q4_1_model_runs_as_stored(smollm_gguf, smollm):
+    """Every Q4_1 matrix and the Q8_0 embedding of the embedded file, read as blocks, equal gguf's
+    dequantization (the session's float model) exactly."""
+    contents = load_gguf(smollm_gguf, quant="int4")
+    floats = smollm[0].state_dict()
+    assert len(contents.packed) == 30 * 7 + 1
+    for name, packed in contents.packed.items():
+        assert torch.equal(packed.dequantize(), floats[f"{name}.weight"]), name
+
+
+@pytest.mark.slow
+def test_embedded_model_as_stored_gives_the_dequantized_logits(smollm_gguf, smollm):
+    """Int4 kernels over the file's own blocks, float32 activations: the dequantized model's logits
+    within 1e-3 (the kernel's float32 path is exact but slow, hence a slow test)."""
+    from lmforge.io.gguf import load_gguf_model
+
+    model, tokenizer = load_gguf_model(smollm_gguf, quant="auto", compute_dtype=torch.float32)
+    ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
+    with torch.no_grad():
+        assert (model(ids) - smollm[0](ids)).abs().max() < 1e-3
