@@ -5,7 +5,8 @@
 One step (`rl_step`), top to bottom:
 
     1 prompts     the next `prompts_per_step` prompts (TRL's prompt JSONL, or a generated task)
-    2 rollouts    `group_size` completions of each, sampled by the KV-cache engine (`train.rollout`)
+    2 rollouts    `group_size` completions of each, sampled by the KV-cache engine (`train.rollout`) from
+                  the policy, or from its inference twin (LoRA merged, bf16) refreshed every step
     3 rewards     every reward function on every completion, checked and weighted (`train.rewards`)
     4 no-grad     log-probabilities of the reference (LoRA: the base weights with the adapter switched
                   off, no second model; full: a frozen copy), of the sampling policy when the batch is
@@ -74,7 +75,7 @@ from lmforge.train.optim import Optimizers, build_optimizer
 from lmforge.train.precision import autocast
 from lmforge.train.reproducibility import prepare_process
 from lmforge.train.rewards import Reward, RewardScores, score_completions
-from lmforge.train.rollout import Rollout, RolloutBatch, sample
+from lmforge.train.rollout import Rollout, RolloutBatch, inference_twin, sample
 from lmforge.train.schedule import lr_multiplier
 from lmforge.train.signals import StopSignals, TrainClock
 from lmforge.train.step import clip_gradients, ensure_finite
@@ -113,6 +114,7 @@ class RLConfig(RecipeConfig):
     top_k: int | None = None
     missing_eos_penalty: float | None = None  # subtracted from the reward of completions cut at max_new_tokens
     rollout_batch_size: int = 32  # sequences the engine decodes together
+    rollout_dtype: Literal["float32", "bfloat16"] | None = None  # of the sampling copy; None: `dtype`
     # the update
     epochs: int | None = None  # passes over each rollout batch (TRL: num_iterations / num_ppo_epochs)
     mini_batches: int = 1  # optimizer steps per pass
@@ -239,10 +241,21 @@ class RLRun:
     state: RLState
     score: TaskScorer | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    twin: Transformer | None = None  # the copy rollouts sample from (see `sampler`)
 
     @property
     def out(self) -> Path:
         return Path(self.config.out_dir)
+
+    def sampler(self) -> Transformer:
+        """The model rollouts sample from: the policy itself when it is plain float32, else its
+        inference twin (adapters merged, in the rollout dtype), refreshed to the current weights."""
+        config = self.config
+        dtype = torch.bfloat16 if (config.rollout_dtype or config.dtype) == "bfloat16" else torch.float32
+        if config.method == "full" and dtype == torch.float32:
+            return self.model
+        self.twin = inference_twin(self.model, dtype, self.twin)
+        return self.twin
 
     @property
     def pad_id(self) -> int:
@@ -335,12 +348,12 @@ def collect(run: RLRun) -> Experience:
     config, state = run.config, run.state
     chosen = run.order.take(config.prompts_per_step)
     started = time.perf_counter()
-    engine = Engine(run.model, run.tokenizer, max_batch_size=min(config.rollout_batch_size,
-                                                                   config.prompts_per_step * config.group_size))
+    engine = Engine(run.sampler(), run.tokenizer, max_batch_size=min(config.rollout_batch_size,
+                                                                       config.prompts_per_step * config.group_size))
     rollout = sample(engine, [run.prompt_ids[i] for i in chosen], group_size=config.group_size,
                      max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                      top_k=config.top_k)
-    run.model.train()  # the engine put it in eval mode
+    run.model.train()  # an engine on the policy itself puts it in eval mode
     rollout_seconds = time.perf_counter() - started
     records = [run.records[i] for i in chosen for _ in range(config.group_size)]
     scores = score_completions(run.rewards, *reward_inputs(records, rollout.texts))

@@ -68,3 +68,31 @@ def test_batch_positions_and_masks_reproduce_the_sampler(smollm):
     assert sub.mask.shape[1] == max(lengths[1], lengths[4])
     assert torch.equal(sub.targets[sub.mask], batch.targets[[1, 4]][batch.mask[[1, 4]]])
     assert sub.ids.shape[1] == int(sub.positions[sub.mask].max()) + 1
+
+
+def test_inference_twin_merges_adapters_and_follows_training(tiny_chat_model):
+    from lmforge.io.hf import load_pretrained
+    from lmforge.model.lora import apply_lora, lora_state_dict
+    from lmforge.train.rollout import inference_twin
+
+    model, _ = load_pretrained(tiny_chat_model)
+    apply_lora(model, "all-linear", rank=4, alpha=8)
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+
+    def perturb():
+        with torch.no_grad():
+            for param in lora_state_dict(model).values():
+                param.add_(0.05 * torch.randn_like(param))
+
+    perturb()
+    twin = inference_twin(model, torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(twin(ids), model(ids), atol=1e-5)
+        perturb()  # training moves on; the refreshed twin follows, in place
+        assert not torch.allclose(twin(ids), model(ids), atol=1e-3)
+        assert inference_twin(model, torch.float32, twin) is twin
+        assert torch.allclose(twin(ids), model(ids), atol=1e-5)
+        half = inference_twin(model, torch.bfloat16)
+        assert half.lm_head.weight.dtype == torch.bfloat16 and not any(n.endswith("lora_A.weight") for n, _ in
+                                                                          half.named_parameters())
+        assert torch.allclose(half(ids).float(), model(ids), atol=0.1)
