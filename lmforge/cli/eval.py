@@ -11,6 +11,10 @@
     lmforge eval --task open_ended --chat --judge PATH      # judged against references, both orders
     lmforge eval --model runs/dpo/latest --winrate smollm2-135m-instruct --task prompts:builtin:heldout \
         --winrate-judge rm:runs/rm/reward_model                  # win rate against another model (lmforge.eval.winrate)
+    lmforge eval --task arc_easy --json out/arc.json        # + ECE, out/arc_calibration_{reliability,selective}.png
+    lmforge eval --task gsm8k --limit 50 --self-consistency 5 --temperature 0.7   # agreement as confidence
+    lmforge eval --task redteam --chat --moderation configs/moderation-default.yaml   # refusal / over-refusal
+    lmforge eval --task bias                                # counterfactual gender and age pairs, intervals
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.cli.common import add_model_flags, load_from_args
+from lmforge.cli.responsible import (RESPONSIBLE_TASKS, add_eval_flags, calibration_extras, run_responsible,
+                                     write_calibration_plots)
 from lmforge.core.progress import ProgressDisplay
 from lmforge.core.files import write_text_atomically
 
@@ -37,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "summarize (ROUGE), translate (chrF, BLEU), open_ended (judged by a model), ppl:PATH (perplexity "
                     "and bits per byte of a .txt, or a .jsonl with 'text'), jsonl:PATH (your own task: multiple "
                     "choice, generation with a 'metric', code with 'prompt'/'tests'/'entry_point', or judged; see "
-                    "lmforge.eval.tasks.jsonl_task).",
+                    "lmforge.eval.tasks.jsonl_task), redteam (refusal of harmful requests and over-refusal of "
+                    "harmless look-alikes, alone and with --moderation; redteam:FILE.jsonl for your own), bias "
+                    "(counterfactual sentence pairs: log-likelihood gaps by gender and age with intervals).",
     )
     add_model_flags(parser)
     parser.add_argument("--task", required=True, help="task name or ppl:PATH / jsonl:PATH")
@@ -90,6 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "--winrate-rubric, both orders) (default model: --model judges)")
     versus.add_argument("--winrate-rubric", default="The response is helpful, correct and clear.",
                         help="what a model judge compares by (default: helpful, correct and clear)")
+    add_eval_flags(parser)
     parser.set_defaults(func=run)
 
 
@@ -158,6 +167,12 @@ def run(args: argparse.Namespace) -> int:
         from lmforge.cli.judging import run_winrate
 
         return run_winrate(args)
+    if args.task.partition(":")[0].lower() in RESPONSIBLE_TASKS:
+        return run_responsible(args)
+    if args.moderation is not None:
+        raise ValueError("--moderation applies to --task redteam (and to lmforge serve / chat)")
+    from lmforge.cli.costs import eval_cost
+    from lmforge.core.cost import TokenCounter
     from lmforge.eval.plot import plot_accuracy_vs_shots
     from lmforge.eval.runner import EvalConfig, evaluate
     from lmforge.eval.tasks import load_task
@@ -186,7 +201,10 @@ def run(args: argparse.Namespace) -> int:
                     else plain_prompt(task, task.docs[0], picked, args.cot))
             print(f"--- prompt of the first item, {k} shots ---\n{text}\n---", file=sys.stderr)
     with ProgressDisplay(stream=sys.stderr) as progress:  # stderr: a piped stdout gets the results only
-        results = evaluate(model, tokenizer, task, config, progress, judge=judge, baseline=baseline)
+        with TokenCounter(model) as counter:
+            results = evaluate(model, tokenizer, task, config, progress, judge=judge, baseline=baseline)
+            calibration_plots = calibration_extras(args, task, results, model, tokenizer, config, progress)
+    results["cost"] = eval_cost(counter, model.config, results["wall_s"])
     results["model"] = args.model
     results["dtype"] = args.dtype
     results["device"] = str(model.lm_head.weight.device)
@@ -214,4 +232,5 @@ def run(args: argparse.Namespace) -> int:
         for path in dict.fromkeys(png_paths):
             plot_accuracy_vs_shots(results, path)
             print(f"plot: {path}")
+    write_calibration_plots(calibration_plots, [p.with_suffix("") for p in json_paths], results["task"])
     return 0

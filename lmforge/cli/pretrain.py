@@ -9,6 +9,7 @@ recipe (the defaults, or --config with its overrides) as YAML instead of trainin
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from lmforge.cli.common import report_error
@@ -71,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
     except (NonFiniteLossError, CheckpointError) as error:
         report_error(error, args)
         return 1
+    if os.environ.get("RANK", "0") == "0" and result.tokens:  # cost.json: FLOPs, time, energy and money
+        from lmforge.cli.costs import write_training_cost
+        from lmforge.data.shards import TokenData
+
+        model = config.model.replace(vocab_size=TokenData.open(config.data).meta["vocab_size"], max_seq_len=config.seq_len)
+        write_training_cost(result.out_dir, model, config.seq_len, result.tokens, result.train_seconds)
     if result.checkpoint is not None and not args.quiet:
         print(f"checkpoint: {result.checkpoint}  (try: lmforge generate --model {result.checkpoint} --prompt ...)")
     return 0

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from lmforge.cli.common import add_engine_flags, add_model_flags, load_from_args
+from lmforge.cli.responsible import add_moderation_flag, load_policy, moderator_for
 from lmforge.data.hub import is_repo_id
 from lmforge.io.registry import NAMED_MODELS
 
@@ -35,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a RAG index folder (lmforge rag index) answered at POST /v1/rag/ask (default: none)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                         help="uvicorn's log level")
+    add_moderation_flag(parser)
     parser.set_defaults(func=run)
 
 
@@ -65,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"lmforge: warning: serving on {args.host} without --api-key; anyone who can reach it may use it",
               file=sys.stderr)
+    policy = load_policy(args.moderation)  # a bad policy fails before the model loads
     model, tokenizer = load_from_args(args)
+    if policy is not None:
+        config = dataclasses.replace(config, moderation=moderator_for(policy, model, tokenizer))
     if config.compile:
         print("lmforge: compiling the decode step (once; cached on disk for the next start)", file=sys.stderr, flush=True)
     rag_index = None

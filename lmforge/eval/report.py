@@ -9,6 +9,7 @@
   eval/*.json, *.json          `lmforge eval` results (files carrying "lmforge_eval"); code, text-similarity
                                and judged results also show a few of their kept samples
   scaling.md                   `lmforge scale fit` summaries, included as sections
+  cost.json, eval "cost"       FLOPs, wall time, energy and money of training and eval runs (lmforge.core.cost)
   *.png                        plots (loss curves, accuracy against shots), linked
 and sums the wall time it finds into an estimated cost at a given hourly price.
 Unknown files are ignored; a section with nothing to show is left out.
@@ -182,6 +183,24 @@ def _capability_examples(path: Path, data: dict[str, Any], root: Path) -> str:
     return "\n\n".join(parts)
 
 
+def _cost_records(files: list[Path], evals: list[tuple[Path, Any]], root: Path) -> list[str]:
+    """Rows of the cost records runs left (cost.json of training, "cost" of eval results): FLOPs
+    counted from the model and its tokens, wall time, energy and money at the rates they name."""
+    records = [(f"training {_rel(p.parent, root) or '.'}", data) for p, data in _json_files(files, "cost.json")]
+    records += [(f"eval {data.get('task')} ({_rel(p, root)})", data["cost"]) for p, data in evals
+                if isinstance(data.get("cost"), dict)]
+    records = [(name, r) for name, r in records if isinstance(r, dict) and isinstance(r.get("flops"), (int, float))]
+    if not records:
+        return []
+    lines = ["", "| work | FLOPs | tokens | wall time | energy | estimate | rates |", "|---|---|---|---|---|---|---|"]
+    for name, r in records:
+        rates = r.get("rates") if isinstance(r.get("rates"), dict) else {}
+        lines.append(f"| {name} | {r['flops']:.3g} | {_number(r.get('tokens'))} | {_duration(r.get('seconds') or 0)} | "
+                     f"{_number(r.get('energy_kwh'))} kWh | ${_number(r.get('usd'))} | {rates.get('watts', '-')} W, "
+                     f"${rates.get('usd_per_kwh', '-')}/kWh, ${rates.get('usd_per_hour', '-')}/h |")
+    return lines
+
+
 def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | None = None) -> str:
     """Markdown report card of `run_dir` (see module docstring)."""
     root = Path(run_dir)
@@ -311,6 +330,7 @@ def build_report(run_dir: str | Path, usd_per_hour: float = 0.10, title: str | N
     if parameters and train_tokens:
         flops = 6 * parameters * train_tokens
         lines.append(f"Training compute ≈ 6 × {parameters:,} parameters × {train_tokens:,} tokens = {flops:.3g} FLOPs.")
+    lines += _cost_records(files, evals, root)
     sections.append("\n".join(lines))
 
     heading = title or f"Report card: {root.resolve().name}"

@@ -34,3 +34,16 @@ def test_capability_rows_and_samples(tiny, tmp_path):
     assert "failed (" in samples and "check(one)" in samples and "its stderr:" in samples  # the program that ran
     assert "reference: " + load_task("summarize").docs[0].answer in samples
     assert "verdicts: " in samples and "(candidate shown first)" in samples
+
+
+def test_cost_records_are_shown_with_their_rates(tmp_path):
+    rates = {"watts": 100.0, "usd_per_kwh": 0.15, "usd_per_hour": 0.1}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "cost.json").write_text(json.dumps({"flops": 3.2e15, "seconds": 120.0, "energy_kwh": 0.0033,
+                                                            "usd": 0.0038, "tokens": 1000, "rates": rates}))
+    (tmp_path / "arc.json").write_text(json.dumps({"lmforge_eval": 1, "task": "arc_easy", "runs": [],
+                                                   "cost": {"flops": 5e12, "seconds": 30.0, "energy_kwh": 0.0008,
+                                                            "usd": 0.001, "tokens": 70, "rates": rates}}))
+    text = build_report(tmp_path)
+    assert "| training run | 3.2e+15 | 1,000 | 2.0 min | 0.0033 kWh | $0.0038 | 100.0 W, $0.15/kWh, $0.1/h |" in text
+    assert "| eval arc_easy (arc.json) | 5e+12 | 70 | 30.0 s |" in text
