@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lmforge.data.readers import jsonl_objects
+
 __all__ = ["CANARY_KINDS", "Canary", "CanaryFormat", "CanaryPlanter", "plant_canaries", "read_canaries",
            "write_canaries"]
 
@@ -160,34 +162,25 @@ def read_canaries(path: str | Path) -> list[Canary]:
     if not path.is_file():
         raise FileNotFoundError(f"canary file {path} does not exist (write one with lmforge prepare --canaries N)")
     canaries, ids = [], set()
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{where}: a canary line must be a JSON object")
-            for name in ("id", "prefix", "secret", "format"):
-                if not isinstance(record.get(name), str) or not record[name]:
-                    raise ValueError(f"{where}: field {name!r} must be a non-empty string")
-            repetitions = record.get("repetitions")
-            if isinstance(repetitions, bool) or not isinstance(repetitions, int) or repetitions < 0:
-                raise ValueError(f"{where}: field 'repetitions' must be a non-negative integer")
-            try:
-                pattern = CanaryFormat(record["format"])
-            except ValueError as error:
-                raise ValueError(f"{where}: field 'format': {error}") from None
-            if not pattern.matches(record["secret"]):
-                raise ValueError(f"{where}: field 'secret' {record['secret']!r} does not fit its format {record['format']!r}")
-            if record["id"] in ids:
-                raise ValueError(f"{where}: field 'id' {record['id']!r} repeats an earlier canary")
-            ids.add(record["id"])
-            canaries.append(Canary(id=record["id"], kind=str(record.get("kind", "custom")), prefix=record["prefix"],
-                                   secret=record["secret"], format=record["format"], repetitions=repetitions))
+    for number, record in jsonl_objects(path, "a canary (a JSON object)"):
+        where = f"{path}:{number}"
+        for name in ("id", "prefix", "secret", "format"):
+            if not isinstance(record.get(name), str) or not record[name]:
+                raise ValueError(f"{where}: field {name!r} must be a non-empty string")
+        repetitions = record.get("repetitions")
+        if isinstance(repetitions, bool) or not isinstance(repetitions, int) or repetitions < 0:
+            raise ValueError(f"{where}: field 'repetitions' must be a non-negative integer")
+        try:
+            pattern = CanaryFormat(record["format"])
+        except ValueError as error:
+            raise ValueError(f"{where}: field 'format': {error}") from None
+        if not pattern.matches(record["secret"]):
+            raise ValueError(f"{where}: field 'secret' {record['secret']!r} does not fit its format {record['format']!r}")
+        if record["id"] in ids:
+            raise ValueError(f"{where}: field 'id' {record['id']!r} repeats an earlier canary")
+        ids.add(record["id"])
+        canaries.append(Canary(id=record["id"], kind=str(record.get("kind", "custom")), prefix=record["prefix"],
+                               secret=record["secret"], format=record["format"], repetitions=repetitions))
     if not canaries:
         raise ValueError(f"{path} holds no canaries")
     return canaries

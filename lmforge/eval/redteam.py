@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.data.readers import parse_json_object
+from lmforge.data.readers import jsonl_objects
 from lmforge.infer.engine import Engine
 from lmforge.infer.moderation import Moderator
 from lmforge.infer.sampling import SamplingParams
@@ -107,20 +107,16 @@ def read_redteam(path: Path) -> list[RedTeamItem]:
     if not path.is_file():
         raise FileNotFoundError(f"red-team file {path} does not exist")
     items = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            row = parse_json_object(line, where)
-            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-                raise ValueError(f"{where}: 'prompt' must be a non-empty string")
-            if not isinstance(row.get("harmful"), bool):
-                raise ValueError(f"{where}: 'harmful' must be true or false")
-            category = row.get("category", "")
-            if not isinstance(category, str):
-                raise ValueError(f"{where}: 'category' must be a string")
-            items.append(RedTeamItem(row["prompt"], row["harmful"], category))
+    for number, row in jsonl_objects(path, "a red-team line (a JSON object)"):
+        where = f"{path}:{number}"
+        if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+        if not isinstance(row.get("harmful"), bool):
+            raise ValueError(f"{where}: 'harmful' must be true or false")
+        category = row.get("category", "")
+        if not isinstance(category, str):
+            raise ValueError(f"{where}: 'category' must be a string")
+        items.append(RedTeamItem(row["prompt"], row["harmful"], category))
     if not items:
         raise ValueError(f"{path} holds no prompts")
     return items
