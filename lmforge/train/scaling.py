@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import shutil
 import time
@@ -492,9 +493,10 @@ def _write_runs(config: SweepConfig, plans: list[RunPlan], vocab: int) -> Path:
 
 
 def _run_size(plans: list[RunPlan], pretrain: Pretrain, branch: bool, show_progress: bool,
-              log: Callable[[str], None] = print,
-              on_eval: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[str], list[str], bool]:
-    """Train the unfinished runs of one size in budget order: (trained, skipped, stopped early)."""
+              log: Callable[[str], None] = print, on_eval: Callable[[dict[str, Any]], None] | None = None,
+              after_run: Callable[[], Any] | None = None) -> tuple[list[str], list[str], bool]:
+    """Train the unfinished runs of one size in budget order: (trained, skipped, stopped early);
+    `after_run` is called after each finished run (it rewrites runs.json)."""
     trained, skipped = [], []
     for plan in plans:
         if _finished(plan) is not None:
@@ -507,6 +509,8 @@ def _run_size(plans: list[RunPlan], pretrain: Pretrain, branch: bool, show_progr
             log(f"{plan.name}: stopped; run the same command again to continue")
             return trained, skipped, True
         trained.append(plan.name)
+        if after_run is not None:
+            after_run()
         log(f"{plan.name}: val loss {record['val_loss']:.4f}, {record['val_bpb']:.4f} bits/byte "
             f"({record['train_seconds']:.1f}s of training)")
     return trained, skipped, False
@@ -545,11 +549,11 @@ def run_sweep(config: SweepConfig, pretrain: Pretrain, *, jobs: int = 1, show_pr
         report.skipped += skipped
         if stopped:
             report.stopped_by = "signal"
-        _write_runs(config, plans, vocab)
 
+    write = functools.partial(_write_runs, config, plans, vocab)  # each process rewrites runs.json atomically
     if jobs == 1:
         for group in order:
-            collect(*_run_size(group, pretrain, config.cooldown.branches, show_progress, log, on_eval))
+            collect(*_run_size(group, pretrain, config.cooldown.branches, show_progress, log, on_eval, write))
             if report.stopped_by:
                 break
     else:
@@ -557,7 +561,8 @@ def run_sweep(config: SweepConfig, pretrain: Pretrain, *, jobs: int = 1, show_pr
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run_size, group, pretrain, config.cooldown.branches, False, _flush_print) for group in order]
+            futures = [pool.submit(_run_size, group, pretrain, config.cooldown.branches, False, _flush_print, None, write)
+                       for group in order]
             for future in as_completed(futures):
                 collect(*future.result())
     _write_runs(config, plans, vocab)
