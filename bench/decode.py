@@ -22,6 +22,7 @@ installed is printed as missing. Then prompt-lookup speculative decoding against
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -32,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # llama_peer
 
 LMFORGE_MODES = {  # mode -> (dtype, quant)
     "fp32": ("float32", "none"),
@@ -204,6 +206,10 @@ def work_llama_cpp(job: dict) -> dict:
     from lmforge.io.gguf import describe_gguf
 
     path = Path(job["path"])
+    if not job["extra_buffers"]:
+        import llama_peer
+
+        llama_peer.disable_extra_buffers()
     config, tokenizer = describe_gguf(path)
     threads = job["threads"] or os.cpu_count()
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=max([*job["contexts"], job["prefill_tokens"]]) + job["new_tokens"] + 8,
@@ -335,13 +341,14 @@ def configurations(args) -> list[dict]:
             jobs += [{**base, "peer": peer, "mode": mode, "compile": False}
                      for mode in [m for m in ("fp32", "bf16") if m in args.modes] or ["fp32"]]
         else:
-            jobs.append({**base, "peer": peer, "mode": "Q4_1", "compile": False})
+            jobs.append({**base, "peer": peer, "mode": "Q4_1", "compile": False, "extra_buffers": True})
     return jobs
 
 
 def label(job: dict) -> str:
     compiled = " compiled" if job["compile"] else (" eager" if job["peer"] == "lmforge" else "")
-    return f"{job['peer']} {job['mode']}{compiled}"
+    plain = " (no AMX/repack: they fault on this CPU)" if job.get("extra_buffers") is False else ""
+    return f"{job['peer']} {job['mode']}{compiled}{plain}"
 
 
 def cell(value: float | None) -> str:
@@ -476,6 +483,10 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs; read bandwidth {bandwidth:.1f} GB/s", flush=True)
     results = []
     for job in configurations(args):
+        if job["peer"] == "llama.cpp" and importlib.util.find_spec("llama_cpp") is not None:
+            import llama_peer
+
+            job["extra_buffers"] = llama_peer.extra_buffers_work(job["path"])
         started = time.perf_counter()
         result = spawn(job, args.timeout)
         results.append((job, result))

@@ -29,6 +29,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # llama_peer
 MODEL = "smollm2-135m-instruct"
 QUESTIONS = [
     "Explain how a bicycle works.",
@@ -171,9 +172,12 @@ def start_llama_cpp(threads: int | None, timeout: float) -> Server:
     _, tokenizer = describe_gguf(path)
     port = free_port()
     threads = threads or os.cpu_count()
-    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", MODEL,
-               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096", "--n_threads", str(threads),
-               "--n_threads_batch", str(threads)]
+    import llama_peer
+
+    command = llama_peer.server_command(
+        ["--model", str(path), "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
+         "--n_threads", str(threads), "--n_threads_batch", str(threads)],
+        extra_buffers=llama_peer.extra_buffers_work(str(path)))
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     ban_end = {str(token): -100 for token in sorted(tokenizer.eos_ids)}
     server = Server("llama.cpp", f"http://127.0.0.1:{port}", {"logit_bias": ban_end}, process)

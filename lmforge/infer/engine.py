@@ -154,7 +154,9 @@ class Engine:
         """Allocate lazily, grow by doubling (copying active rows) so short chats stay small."""
         if self.cache is not None and self.cache.max_len >= needed_len:
             return
-        new_len = min(self.max_seq_len, max(256, 1 << math.ceil(math.log2(needed_len))))
+        # One slot past a power of two: the attention window (a multiple of WINDOW) then never
+        # spans the whole cache, a case the compiled step would need a graph of its own for.
+        new_len = min(self.max_seq_len, max(256, 1 << math.ceil(math.log2(needed_len))) + 1)
         new_cache = self.model.new_cache(self.max_batch_size, new_len)
         if self.compile:  # the capacity is symbolic in the compiled step: growing needs no recompile
             for tensor in (*new_cache.keys, *new_cache.values):

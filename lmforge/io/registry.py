@@ -4,6 +4,7 @@ cache (downloaded when it is not cached and the machine is online; see lmforge.d
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -105,9 +106,21 @@ def load_model(name_or_path: str | os.PathLike, dtype: torch.dtype = torch.float
             from lmforge.model.quant import quantize_model
 
             model = quantize_model(model, quant, inplace=True)
+            release_freed_memory()
         return model, tokenizer
     if is_gguf(path):
         from lmforge.io.gguf import load_gguf_model
 
-        return load_gguf_model(path, dtype=dtype, device=device, quant=quant)
+        loaded = load_gguf_model(path, dtype=dtype, device=device, quant=quant)
+        if quant != "none":
+            release_freed_memory()  # packing leaves many freed buffers; give them back to the system
+        return loaded
     raise ValueError(f"{path} is not a GGUF file (bad magic) nor a model folder")
+
+
+def release_freed_memory() -> None:
+    """Ask glibc to return freed heap pages to the operating system (a no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -206,3 +206,48 @@ def test_a_failed_prefill_leaves_the_engine_as_it_was(smollm, monkeypatch):
     while not running.finished:
         engine.step()
     assert len(running.token_ids) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled decode step
+# --------------------------------------------------------------------------------------------
+def test_compiled_step_never_recompiles_as_sequences_grow_join_and_leave(smollm):
+    """One graph for a batch of one and one for larger batches, whatever the lengths: 200+ steps
+    cross attention-window boundaries, a longer request grows the cache, rows join and leave."""
+    from torch._dynamo.utils import counters
+
+    from lmforge.core.config import ModelConfig
+    from lmforge.model.quant import quantize_model
+    from lmforge.model.transformer import Transformer, init_weights
+
+    tokenizer = smollm[1]
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                         ffn_dim=128, max_seq_len=1024)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    model = quantize_model(model.eval(), "int4")  # the packed kernels inside the graph
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = Engine(model, tokenizer, max_batch_size=3, compile=True)
+    params = SamplingParams(max_new_tokens=210, ignore_eos=True)
+    prompt = list(range(100, 110))
+    first = compiled.add(prompt, params)
+    compiled.step()
+    assert counters["stats"]["unique_graphs"] == 1 and compiled.compile  # compiled, not fallen back to eager
+    for _ in range(205):  # positions 11 -> 216: the attention window grows from 128 to 256 slots
+        compiled.step()
+    assert counters["stats"]["unique_graphs"] == 1
+    compiled.release(first)
+    # Rows of different lengths join and leave (batch 3 -> 2 -> 1), and a longer request grows the cache.
+    prompts = [list(range(200, 203)), list(range(300, 340)), list(range(400, 600))]
+    budgets = [5, 20, 300]
+    outputs = [compiled.generate([p], SamplingParams(max_new_tokens=n, ignore_eos=True))[0] for p, n in zip(prompts, budgets)]
+    batched = compiled.generate(prompts, SamplingParams(max_new_tokens=40, ignore_eos=True))
+    assert compiled.cache.max_len == 513
+    assert counters["stats"]["unique_graphs"] == 2  # + the graph for batches of two or more
+    # The compiled step computes what the eager one does (bfloat16 matmul inputs: close, not bitwise).
+    with torch.inference_mode():
+        ids, positions = torch.tensor([[7], [8]]), torch.tensor([[30], [12]])
+        assert torch.allclose(compiled._decode(ids, positions, 31), model.decode_step(ids, positions, compiled.cache, 128),
+                              atol=2e-2, rtol=2e-2)
+    assert [len(c.token_ids) for c in outputs] == budgets and all(len(c.token_ids) == 40 for c in batched)
