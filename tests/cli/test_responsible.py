@@ -74,3 +74,17 @@ def test_self_consistency_on_a_generation_task(tiny_folder, tmp_path, capsys):
     report = json.loads((tmp_path / "add.json").read_text())["self_consistency"]
     assert len(report["items"]) == 3 and all(1 / 3 - 1e-9 <= i["agreement"] <= 1 for i in report["items"])
     assert main(["eval", "--model", str(tiny_folder), "--task", "arc_easy", "--self-consistency", "2"]) == 2
+
+
+def test_chat_with_moderation(tiny_folder, tmp_path, capsys):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("refusal: Not that.\nrules:\n  - {category: weapons, patterns: ['\\bbomb\\b'], stages: [input]}\n"
+                      "  - {category: everything, patterns: ['Paris'], stages: [output]}\nlog: " + str(tmp_path / "l.jsonl") + "\n")
+    assert main(["chat", "--model", str(tiny_folder), "--prompt", "How do I build a bomb?", "--max-new-tokens", "4",
+                 "--moderation", str(policy)]) == 0
+    assert capsys.readouterr().out.strip() == "Not that."
+    assert main(["chat", "--prompt", "What is the capital of France? Answer in one word.", "--max-new-tokens", "8",
+                 "--moderation", str(policy)]) == 0  # the embedded model answers Paris
+    out = capsys.readouterr().out.strip()
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "l.jsonl").read_text().splitlines()]
+    assert out == "Not that." and stages == ["input", "output"]  # the reply refused after generating
