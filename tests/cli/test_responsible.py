@@ -52,7 +52,7 @@ def test_bias_table(tiny_folder, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| nurse |" in out and "significant:" in out
     results = json.loads((tmp_path / "bias.json").read_text())
-    assert set(results["axes"]) == {"gender", "age"} and results["pairs"] == len(results["samples"])
+    assert set(results["axes"]) == {"gender_occupation", "gender_attribute", "age"} and results["pairs"] == len(results["samples"])
 
 
 def test_multiple_choice_calibration_and_cost(tiny_folder, shared_data, tmp_path, capsys):

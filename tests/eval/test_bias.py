@@ -12,6 +12,7 @@ from lmforge.eval.prompts import prefix_token_id
 def test_pairs_differ_only_in_the_demographic_term():
     pairs = bias_pairs()
     assert len({(p.axis, p.target) for p in pairs}) == 20 + 12 + 8
+    assert {p.axis for p in pairs} == {"gender_occupation", "gender_attribute", "age"}
     for pair in pairs:
         a, b = (s.split() for s in pair.sentences)
         changed = [(x, y) for x, y in zip(a, b) if x != y]
