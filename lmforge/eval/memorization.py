@@ -12,8 +12,8 @@ is the most likely of all). When |R| is small enough (`enumerate_limit`) every c
 and the rank is exact. Otherwise, as the paper does (section 4.3), `samples` candidates are drawn
 uniformly from R and a skew-normal distribution is fitted to their log-perplexities; the exposure
 is then -log2 F(canary's log-perplexity), F the fitted distribution function. The sampled rank
-estimate (1 + |R| x the share of samples the secret beats) is reported beside it; it cannot
-exceed log2(samples) bits of exposure, which is why the fit extrapolates.
+estimate (|R| x (samples scoring better than the secret + 1) / (samples + 1)) is reported beside
+it; it cannot exceed log2(samples + 1) bits of exposure, which is why the fit extrapolates.
 
 Extraction: greedy decoding from the prefix; the canary counts as extracted when the decoded
 text starts with the secret.
@@ -134,9 +134,11 @@ def _extracted(model: Transformer, tokenizer: Tokenizer, canaries: Sequence[Cana
         context, continuation = _request(tokenizer, canary.prefix, canary.secret, boundary)
         params = SamplingParams(max_new_tokens=len(continuation) + 4, temperature=0.0)
         text = engine.generate([context], params)[0].text
-        # Tokens that ended inside the prefix belong to the context: put their secret part back.
-        covered = tokenizer.decode(context[1:])
-        out.append((covered[len(canary.prefix):] if covered.startswith(canary.prefix) else "") + text)
+        # The context may end before the prefix does (a token holding the prefix's last space and the
+        # secret's first digit is scored as continuation): the text after the prefix is the context's
+        # text and the generated text together, minus the prefix.
+        whole = tokenizer.decode(context[1:]) + text
+        out.append(whole[len(canary.prefix):] if whole.startswith(canary.prefix) else whole)
     return out
 
 
@@ -166,7 +168,7 @@ def audit_canaries(model: Transformer, tokenizer: Tokenizer, canaries: Sequence[
             if exact:  # the secret is one of the candidates, scored identically (one request, deduplicated)
                 row.update(method="exact", rank=1 + beaten, exposure=log2_size - math.log2(1 + beaten))
             else:
-                sampled_rank = 1 + space.size * beaten / len(others)
+                sampled_rank = space.size * (beaten + 1) / (len(others) + 1)  # at most log2(samples + 1) bits
                 location, scale, alpha = skewnorm_fit(others)
                 log_cdf = skewnorm_logcdf(secret_bits, location, scale, alpha)
                 row.update(method="extrapolated", rank=2 ** (log2_size + log_cdf / LOG2),

@@ -47,7 +47,7 @@ def test_large_spaces_are_extrapolated_from_samples(tiny):
     assert row["method"] == "extrapolated"
     assert 0 <= row["exposure"] <= row["log2_space"]
     # The sampled estimate saturates at log2(samples) bits above chance: both agree in spirit.
-    assert row["sampled_exposure"] <= math.log2(10**9) and row["fit"]["scale"] > 0
+    assert row["sampled_exposure"] <= math.log2(61) + 1e-9 and row["fit"]["scale"] > 0
 
 
 def test_skew_normal_against_scipy():
@@ -71,3 +71,27 @@ def test_table_groups_by_kind_and_repetitions():
     table = exposure_table(rows)
     assert table[1] == {"kind": "ssn", "repetitions": 4, "canaries": 2, "mean_exposure": 4.0, "max_exposure": 6.0,
                         "log2_space": 29.1, "extracted": 1}
+
+
+def test_a_memorized_secret_has_full_exposure_and_is_extracted(tmp_path):
+    import string
+
+    from lmforge.core.config import ModelConfig
+    from lmforge.model.transformer import Transformer, init_weights
+    from lmforge.tokenizer.train import train_tokenizer
+
+    (tmp_path / "alphabet.txt").write_text(string.printable)
+    tokenizer, _ = train_tokenizer([str(tmp_path / "alphabet.txt")], kind="char")
+    model = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=1, n_heads=2, max_seq_len=32))
+    init_weights(model, seed=0)
+    canary = Canary("c", "custom", "my pin is ", "4271", "dddd", 100)
+    ids = torch.tensor([[tokenizer.bos_id] + tokenizer.encode(canary.text)])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):  # the model sees nothing but the canary: it memorizes it
+        loss = torch.nn.functional.cross_entropy(model(ids[:, :-1])[0], ids[0, 1:])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    row = audit_canaries(model.eval(), tokenizer, [canary], AuditConfig(enumerate_limit=10_000))["canaries"][0]
+    assert row["rank"] == 1 and row["exposure"] == pytest.approx(math.log2(10_000), abs=1e-3)
+    assert row["extracted"] and row["greedy"].startswith("4271")
