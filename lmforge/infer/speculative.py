@@ -80,8 +80,11 @@ class PromptLookup:
         for n in range(self.max_ngram, self.min_ngram - 1, -1):
             if len(tokens) > n:
                 start = index.after.get(tuple(tokens[-n:]))
-                if start is not None and start < len(tokens):
-                    return tokens[start:start + limit]
+                if start is not None:
+                    # What followed the earlier occurrence; when that runs into the present, the
+                    # text repeats with period len(tokens) - start, so the draft continues the period.
+                    period = len(tokens) - start
+                    return [tokens[start + i % period] for i in range(limit)]
         return []
 
     def forget(self, key: int) -> None:

@@ -126,12 +126,12 @@ def attend_each_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
     through exactly the arithmetic of decoding it alone, so verifying drafts reproduces plain
     decoding bit for bit. q [B, H, T, Dh], k/v [B, K, S, Dh], mask [B, 1, T, S] -> [B, H, T, Dh]."""
     B, H, T, Dh = q.shape
-    K, S = k.shape[1], k.shape[2]
+    S = k.shape[2]
     # Heads ordered (kv head, query head of that group, t): grouped-query attention then pairs
     # folded head i with kv head i // (H // K * T), as the unfolded query would be.
     folded = q.reshape(B, H * T, 1, Dh)
     per_head_mask = mask.expand(B, H, T, S).reshape(B, H * T, 1, S)
-    y = F.scaled_dot_product_attention(folded, k, v, attn_mask=per_head_mask, enable_gqa=H * T != K)
+    y = F.scaled_dot_product_attention(folded, k, v, attn_mask=per_head_mask, enable_gqa=True)  # H * T > K
     return y.view(B, H, T, Dh)
 
 

@@ -23,7 +23,8 @@ def test_prompt_lookup_continues_the_latest_earlier_occurrence():
     tokens = [5, 6, 7, 8, 9, 5, 6, 1, 2, 5, 6]
     assert lookup.propose(0, tokens, limit=10) == [1, 2, 5]  # "5 6" last seen before the end at index 5
     assert lookup.propose(0, tokens + [1], limit=2) == [2, 5]  # incremental: "6 1" -> 2, 5
-    assert lookup.propose(0, [4, 4, 4], limit=10) == [4]  # not a continuation: the index starts over
+    assert lookup.propose(0, [4, 4, 4], limit=10) == [4, 4, 4]  # a new text: the index starts over; period 1
+    assert lookup.propose(2, [7, 1, 2, 1, 2], limit=10) == [1, 2, 1]  # "1 2" runs into the present: period 2
     assert lookup.propose(1, [1, 2, 3], limit=10) == []  # nothing repeats
     assert lookup.propose(1, [1, 2, 3, 1], limit=0) == []
     with pytest.raises(ValueError, match="min_ngram <= max_ngram"):
@@ -88,3 +89,24 @@ def test_verifying_drafts_computes_what_single_steps_compute(smollm_int4):
         singles = [model.decode_step(ids[:, j:j + 1], torch.tensor([[j]]), one, 128)[0, 0] for j in range(n - 4, n)]
         together = model.decode_step(ids[:, -4:], torch.arange(n - 4, n)[None], many, 128)[0]
     assert all(torch.equal(a, b) for a, b in zip(singles, together))
+
+
+def test_compiled_verification_equals_compiled_plain_decoding(smollm):
+    """Under torch.compile the drafts go through a graph of their own (T > 1); its tokens are still
+    those of the single-token graph. A small random model, whose greedy output loops, drafts well."""
+    from lmforge.core.config import ModelConfig
+    from lmforge.model.transformer import Transformer, init_weights
+
+    tokenizer = smollm[1]
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128,
+                         max_seq_len=512)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    model = quantize_model(model.eval(), "int4")
+    prompts = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], list(range(100, 140)), [9] * 12]
+    params = SamplingParams(max_new_tokens=60, ignore_eos=True)
+    plain = Engine(model, tokenizer, max_batch_size=3, compile=True).generate(prompts, params)
+    engine = Engine(model, tokenizer, max_batch_size=3, compile=True, speculative=PromptLookup(num_draft=4))
+    drafted = engine.generate(prompts, params)
+    assert engine.compile and engine.speculation.accepted > 50
+    assert [c.token_ids for c in drafted] == [c.token_ids for c in plain]
