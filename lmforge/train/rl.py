@@ -129,6 +129,7 @@ class RLConfig(RecipeConfig):
     kl_target: float | None = None  # PPO: adapt beta so the KL tracks this (Ziegler et al.); None: fixed beta
     kl_horizon: int = 10000
     track_kl: bool = True  # compute the reference's log-probs to log the KL even when beta is 0
+    skip_zero_advantage: bool = True  # no forward/backward for completions whose gradient is 0 (beta 0, not PPO)
     gamma: float = 1.0  # PPO
     lam: float = 0.95
     vf_coef: float = 0.1
@@ -290,6 +291,7 @@ class Experience:
     ref_logps: torch.Tensor | None  # [N, C]
     values: torch.Tensor | None = None  # [N, C] PPO
     returns: torch.Tensor | None = None
+    active: torch.Tensor | None = None  # rows the update runs on (None: all); the others' gradient is 0
     stats: dict[str, float] = field(default_factory=dict)
 
 
@@ -310,9 +312,10 @@ def completion_forward(model: Transformer, batch: RolloutBatch, *, temperature: 
 
 
 @torch.no_grad()
-def batch_forward(run: RLRun, batch: RolloutBatch, *, reference: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """No-grad log-probabilities [N, C] (and PPO values) over the whole batch in micro-batches;
-    `reference`: of the reference policy (LoRA: this model with its adapter switched off)."""
+def batch_forward(run: RLRun, batch: RolloutBatch, active: torch.Tensor, *, reference: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad log-probabilities [N, C] (and PPO values) of the `active` rows, in micro-batches (0
+    elsewhere); `reference`: of the reference policy (LoRA: this model with its adapter switched off)."""
     config = run.config
     n, width = batch.targets.shape
     logps = torch.zeros(n, width)
@@ -320,7 +323,7 @@ def batch_forward(run: RLRun, batch: RolloutBatch, *, reference: bool = False) -
     model = run.reference if reference and run.reference is not None else run.model
     switched_off = adapters_disabled(run.model) if reference and run.reference is None else nullcontext()
     with switched_off:
-        for rows in torch.arange(n).split(config.micro_batch_size):
+        for rows in active.split(config.micro_batch_size) if len(active) else ():
             micro = batch.select(rows).to(run.dist.device)
             with run.precision:
                 lp, _, v = completion_forward(model, micro, temperature=config.temperature, chunk=config.logprob_chunk,
@@ -362,24 +365,27 @@ def collect(run: RLRun) -> Experience:
     if config.missing_eos_penalty is not None:
         rewards[~stopped] -= config.missing_eos_penalty
     batch = rollout.batch(run.pad_id)
-    mask = batch.mask
+    stats = scores.metrics() | rollout.metrics()
+    state.episodes += len(rollout)
+    active = torch.arange(len(rollout))  # the completions the update learns from
+    if config.algo != "ppo":
+        advantages, std = group_advantages(rewards, config.group_size, config.scale_rewards)
+        stats["frac_reward_zero_std"] = float(torch.isclose(std, torch.zeros_like(std)).float().mean())
+        if config.skip_zero_advantage and config.beta == 0:  # their gradient is exactly 0
+            active = active[advantages != 0]
     old_logps = values = ref_logps = None
     if config.needs_old_logps:
-        old_logps, values = batch_forward(run, batch)
+        old_logps, values = batch_forward(run, batch, active)
     if config.needs_reference:
-        ref_logps, _ = batch_forward(run, batch, reference=True)
-    stats = scores.metrics() | rollout.metrics() | {"time/rollout_s": rollout_seconds,
-                                                      "time/score_s": time.perf_counter() - started - rollout_seconds}
-    state.episodes += len(rollout)
-
-    if config.algo == "ppo":
-        assert old_logps is not None and ref_logps is not None and values is not None
-        advantages, returns, ppo_stats = ppo_advantages(config, state, rewards, old_logps, ref_logps, values, mask)
-        stats |= ppo_stats | {"val/num_eos_tokens": float(stopped.sum())}
-        return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, values, returns, stats)
-    advantages, std = group_advantages(rewards, config.group_size, config.scale_rewards)
-    stats["frac_reward_zero_std"] = float(torch.isclose(std, torch.zeros_like(std)).float().mean())
-    return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, stats=stats)
+        ref_logps, _ = batch_forward(run, batch, active, reference=True)
+    stats |= {"time/rollout_s": rollout_seconds, "time/score_s": time.perf_counter() - started - rollout_seconds,
+              "active_ratio": len(active) / len(rollout)}
+    if config.algo != "ppo":
+        return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, active=active, stats=stats)
+    assert old_logps is not None and ref_logps is not None and values is not None
+    advantages, returns, ppo_stats = ppo_advantages(config, state, rewards, old_logps, ref_logps, values, batch.mask)
+    stats |= ppo_stats | {"val/num_eos_tokens": float(stopped.sum())}
+    return Experience(rollout, batch, scores, rewards, advantages, old_logps, ref_logps, values, returns, active, stats)
 
 
 def ppo_advantages(config: RLConfig, state: RLState, rewards: torch.Tensor, old_logps: torch.Tensor,
@@ -422,14 +428,17 @@ def update(run: RLRun, exp: Experience) -> dict[str, float]:
         for key, value in values.items():
             logged.setdefault(key, []).append(float(value))
 
+    learns = torch.zeros(len(exp.rollout), dtype=torch.bool)
+    learns[exp.active if exp.active is not None else slice(None)] = True
     for _ in range(config.epochs):
         for rows in torch.randperm(len(exp.rollout)).tensor_split(config.mini_batches):
             run.optimizer.set_lr_multiplier(lr_multiplier(config.schedule, state.step, run.progress))
-            tokens = float(batch.mask[rows].sum())  # the loss normalisers are the optimizer step's
+            tokens = float(batch.mask[rows].sum())  # the loss normalisers are the optimizer step's, all rows
             if config.loss_type == "dapo":  # TRL: the generation batch's tokens per optimizer step
                 tokens = float(batch.mask.sum()) / config.mini_batches
             policy_total = value_total = 0.0
-            for micro_rows in rows.split(config.micro_batch_size):
+            learning_rows = rows[learns[rows]]
+            for micro_rows in learning_rows.split(config.micro_batch_size) if len(learning_rows) else ():
                 micro = batch.select(micro_rows).to(run.dist.device)
                 width, mask = micro.mask.shape[1], micro.mask
 
@@ -463,6 +472,9 @@ def update(run: RLRun, exp: Experience) -> dict[str, float]:
                     value_total += float(v_loss.detach())
                     note(**{"val/clipfrac_avg": v_clipfrac})
                 loss.backward()
+            for param in run.trainable.parameters():  # rows without a gradient still make a step, as if run
+                if param.requires_grad and param.grad is None:
+                    param.grad = torch.zeros_like(param)
             ensure_finite(policy_total + config.vf_coef * value_total, state.step + 1, run.dist)
             note(loss=policy_total + config.vf_coef * value_total, grad_norm=clip_gradients(run.trainable, config.grad_clip))
             if run.value_head is not None:

@@ -66,7 +66,8 @@ def test_each_algorithm_raises_the_reward(tiny_chat_model, tmp_path, algo, metho
                   "policy/clipfrac_avg", "loss/value_avg", "val/ratio"}
     else:
         names |= {"frac_reward_zero_std"}
-    assert names <= set(logged[-1]), names - set(logged[-1])
+    seen = set().union(*logged)
+    assert names <= seen, names - seen
     kl = "objective/kl" if algo == "ppo" else "kl"  # (PPO's "kl" is measured during its 4 passes)
     assert logged[0][kl] == pytest.approx(0.0, abs=1e-6) and logged[-1][kl] > 0  # it drifts from the reference
     if algo == "reinforce":
@@ -108,6 +109,29 @@ def test_resume_is_exact_and_sigterm_saves(tiny_chat_model, tmp_path):
     assert sorted(steps_b) == [1, 2, 3, 4]
     for step in (3, 4):
         assert steps_a[step]["reward"] == steps_b[step]["reward"] and steps_a[step]["loss"] == steps_b[step]["loss"]
+
+
+def test_skipping_zero_advantage_completions_changes_nothing_but_the_work(tiny_chat_model, tmp_path):
+    """Completions whose group all got the same reward have a zero gradient (beta 0): the update
+    skips their forward and backward and still reaches the same weights."""
+
+    def coarse(prompts, completions):  # many groups tie, so many advantages are exactly 0
+        return [float("1" in completion_text(c)) for c in completions]
+
+    runs = {}
+    for skip in (True, False):
+        config = config_for(tiny_chat_model, tmp_path / str(skip), method="full", max_steps=3, group_size=3,
+                            micro_batch_size=2, skip_zero_advantage=skip, rewards=["coarse"])
+        runs[skip] = train_rl(config, [Reward("coarse", coarse)], show_progress=False)
+    skipped, full = runs[True].history, runs[False].history
+    assert [r["reward"] for r in skipped] == [r["reward"] for r in full]  # the same completions
+    assert min(r["active_ratio"] for r in skipped) < 1 and all(r["active_ratio"] == 1 for r in full)
+    a, b = load_pretrained(runs[True].checkpoint)[0], load_pretrained(runs[False].checkpoint)[0]
+    base = load_pretrained(tiny_chat_model)[0].state_dict()
+    moved = max(float((x - base[name]).abs().max()) for name, x in a.state_dict().items())
+    assert moved > 1e-2  # training did move the weights; the two runs agree far more closely (summation order)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(x, y, atol=1e-5), (name, (x - y).abs().max())
 
 
 def test_a_failing_reward_stops_the_run_and_keeps_the_last_checkpoint(tiny_chat_model, tmp_path):
