@@ -42,7 +42,8 @@ from lmforge.tokenizer.chat import render_conversation
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 __all__ = ["CALCULATOR", "OPEN", "CLOSE", "PYTHON", "Tool", "ToolCall", "ToolError", "ToolReply", "ToolSpec",
-           "ToolStream", "calculate", "chat", "parse_tool_calls", "parse_tools", "run_agent", "tool_constraint"]
+           "ToolStream", "calculate", "chat", "chat_many", "parse_tool_calls", "parse_tools", "run_agent",
+           "run_agents", "tool_constraint"]
 
 OPEN, CLOSE = "<tool_call>", "</tool_call>"
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -303,15 +304,26 @@ class ToolReply:
 def chat(engine: Engine, messages: list[dict], tools: Sequence[ToolSpec], params: SamplingParams, *,
          tool_choice: Any = "auto", parallel_tool_calls: bool = True) -> ToolReply:
     """One assistant turn that may call tools (see the module docstring for tool_choice)."""
+    return chat_many(engine, [messages], tools, params, tool_choice=tool_choice,
+                     parallel_tool_calls=parallel_tool_calls)[0]
+
+
+def chat_many(engine: Engine, conversations: Sequence[list[dict]], tools: Sequence[ToolSpec], params: SamplingParams,
+              *, tool_choice: Any = "auto", parallel_tool_calls: bool = True) -> list[ToolReply]:
+    """`chat` for several conversations, generated together (up to the engine's batch size)."""
     choice = check_tool_choice(tool_choice, tools)
     compiler = GrammarCompiler.for_tokenizer(engine.tokenizer, engine.vocab_size)
     check_tool_schemas(compiler, tools)
-    ids, _ = render_conversation(engine.tokenizer, messages, add_generation_prompt=True,
-                                 tools=[t.openai() for t in tools])
-    constraint = tool_constraint(compiler, engine.tokenizer, tools, choice, parallel_tool_calls, params.max_new_tokens)
-    completion = engine.generate([ids], params, constraints=[constraint])[0]
-    content, calls = parse_tool_calls(completion.text, tools) if choice != "none" else (completion.text, [])
-    return ToolReply(content, calls, "tool_calls" if calls else completion.finish_reason, completion)
+    described = [t.openai() for t in tools]
+    prompts = [render_conversation(engine.tokenizer, messages, add_generation_prompt=True, tools=described)[0]
+               for messages in conversations]
+    constraints = [tool_constraint(compiler, engine.tokenizer, tools, choice, parallel_tool_calls, params.max_new_tokens)
+                   for _ in prompts]
+    replies = []
+    for completion in engine.generate(prompts, params, constraints=constraints):
+        content, calls = parse_tool_calls(completion.text, tools) if choice != "none" else (completion.text, [])
+        replies.append(ToolReply(content, calls, "tool_calls" if calls else completion.finish_reason, completion))
+    return replies
 
 
 @dataclass(frozen=True)
@@ -336,27 +348,49 @@ def call_tool(tools: Mapping[str, Tool], call: ToolCall) -> str:
 def run_agent(engine: Engine, messages: list[dict], tools: Sequence[Tool], params: SamplingParams, *,
               max_rounds: int = 4, first_choice: Any = "auto",
               on_event: Callable[[str, Any], None] | None = None) -> tuple[ToolReply, list[dict]]:
-    """Call tools until the model answers in text (or `max_rounds` turns with calls have passed).
-    Returns the final reply and the whole conversation. `on_event(kind, value)` sees each
-    "call" (a ToolCall) and "result" (its text)."""
+    """Call tools until the model answers in text (or `max_rounds` turns with calls have passed:
+    the turn after them runs with tool_choice none). The first turn runs with `first_choice`, the
+    others with "auto". Returns the final reply and the whole conversation. `on_event(kind, value)`
+    sees each "reply" (the ToolReply of every turn), "call" (a ToolCall) and "result" (its text)."""
+    event = None if on_event is None else (lambda _, kind, value: on_event(kind, value))
+    return run_agents(engine, [messages], tools, params, max_rounds=max_rounds, first_choice=first_choice,
+                      on_event=event)[0]
+
+
+def run_agents(engine: Engine, conversations: Sequence[list[dict]], tools: Sequence[Tool], params: SamplingParams, *,
+               max_rounds: int = 4, first_choice: Any = "auto",
+               on_event: Callable[[int, str, Any], None] | None = None) -> list[tuple[ToolReply, list[dict]]]:
+    """`run_agent` for several conversations: each round's turns are generated together;
+    `on_event(i, kind, value)` names the conversation."""
     by_name = {t.spec.name: t for t in tools}
     specs = [t.spec for t in tools]
-    conversation = list(messages)
+    ongoing = [list(messages) for messages in conversations]
+    finals: list[ToolReply | None] = [None] * len(ongoing)
+    waiting = list(range(len(ongoing)))
     choice = first_choice
     for round_ in range(max_rounds + 1):
-        reply = chat(engine, conversation, specs, params, tool_choice=choice if round_ < max_rounds else "none")
-        conversation.append(reply.message())
-        if not reply.tool_calls:
-            return reply, conversation
-        for call in reply.tool_calls:
+        replies = chat_many(engine, [ongoing[i] for i in waiting], specs, params,
+                            tool_choice=choice if round_ < max_rounds else "none")
+        calling = []
+        for i, reply in zip(waiting, replies):
+            ongoing[i].append(reply.message())
             if on_event:
-                on_event("call", call)
-            result = call_tool(by_name, call)
-            if on_event:
-                on_event("result", result)
-            conversation.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
-        choice = "auto"
-    raise AssertionError("unreachable")  # the last round runs with tool_choice none
+                on_event(i, "reply", reply)
+            if not reply.tool_calls:
+                finals[i] = reply
+                continue
+            calling.append(i)
+            for call in reply.tool_calls:
+                if on_event:
+                    on_event(i, "call", call)
+                result = call_tool(by_name, call)
+                if on_event:
+                    on_event(i, "result", result)
+                ongoing[i].append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
+        waiting, choice = calling, "auto"
+        if not waiting:
+            break
+    return [(final, conversation) for final, conversation in zip(finals, ongoing)]  # the last round calls nothing
 
 
 def stream_tool_events(deltas: Iterator[str], tools: Sequence[ToolSpec]) -> Iterator[tuple[str, Any]]:
@@ -456,7 +490,7 @@ CALCULATOR = Tool(ToolSpec(
 
 PYTHON = Tool(ToolSpec(
     "python", "Run a short Python program in a sandbox and return what it prints.",
-    {"type": "object", "properties": {"code": {"type": "string", "description": "the Python program"}},
+    {"type": "object", "properties": {"code": {"type": "string", "description": "the Python program", "minLength": 1}},
      "required": ["code"], "additionalProperties": False}), run_python_tool)
 
 BUILTIN_TOOLS = {"calculator": CALCULATOR, "python": PYTHON}

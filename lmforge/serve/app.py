@@ -417,7 +417,8 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         max_tokens = service._max_tokens(len(ids), protocol._int(body, "max_tokens", 1, 1024), 64, "question")
         grammar = service.compiler.grammar(rag_answer.answer_grammar(len(hits)))
         service.check_room(1)
-        params = service._params(protocol._sampling(body, max_tokens, None), max_tokens, 0)
+        greedy = {"temperature": 0.0, **body}  # greedy unless asked otherwise, as `lmforge rag ask` answers
+        params = service._params(protocol._sampling(greedy, max_tokens, None), max_tokens, 0)
         job = await service.submit(_Prepared([ids], [params], [grammar.constraint(max_tokens)], len(ids)))
         result = await _collect(service, request, job)
         if result is None:

@@ -52,3 +52,31 @@ def test_corrupt_gguf_model_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 16)
     assert main(["generate", "--model", str(bad), "--prompt", "x"]) == 2
     assert "bad GGUF file" in capsys.readouterr().err
+
+
+def test_chat_with_tools_calls_the_calculator_each_turn():
+    import json
+    import re
+
+    from lmforge.infer.tools import calculate
+
+    script = "What is 4821 * 317?\nAnd what is 12 * 12?\n"
+    result = run_cli("chat", "--tools", "calculator,python", "--tool-choice", "required", "--max-new-tokens", "60",
+                     "--threads", "1", stdin=script)
+    assert result.returncode == 0, result.stderr
+    calls = re.findall(r"^\[calculator\] (.*)\n\[result\] (.*)$", result.stderr, re.MULTILINE)
+    assert len(calls) == 2, result.stderr  # one call per turn, each shown with its result
+    for arguments, shown in calls:
+        assert shown == str(calculate(json.loads(arguments)["expression"]))
+    answers = result.stdout.splitlines()
+    assert "1528257" in answers[0] and "144" in answers[1]  # the answers repeat the tool's results
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chat", "--tools", "calc", "--prompt", "x"], "unknown tool 'calc'; the built-in tools are calculator, python"),
+    (["chat", "--tools", "python", "--tool-choice", "calculator", "--prompt", "x"], "--tool-choice: tool_choice names"),
+    (["chat", "--tool-choice", "required", "--prompt", "x"], "--tool-choice needs --tools"),
+])
+def test_chat_tool_flag_errors(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

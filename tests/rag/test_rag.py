@@ -147,6 +147,35 @@ def test_cited_answers_from_the_model(smollm, index):
     assert "number" in answer_grammar(3).source
 
 
+def test_answer_grammar_allows_only_listed_citations_first(smollm):
+    from lmforge.infer.grammar import GrammarCompiler
+
+    model, tokenizer = smollm
+    grammar = GrammarCompiler.for_tokenizer(tokenizer, model.config.vocab_size).grammar(answer_grammar(3))
+
+    def accepted(text: str) -> bool:
+        matcher = grammar.matcher()
+        return all(matcher.consume(t) for t in tokenizer.encode(text)) and matcher.is_accepting()
+
+    assert accepted("[2] Mira Voss founded it.") and accepted("[1][3] In 1842.")
+    assert not accepted("[4] Mira Voss.")  # only the listed passages 1..3
+    assert not accepted("Mira Voss [1].")  # citations come first
+    assert not accepted("[1][2][3][1] x")  # at most three
+    assert not accepted("[1] two\nlines")
+
+
+def test_abstains_below_the_threshold_without_asking_the_model(index):
+    question = "Who founded the Glassworks of Tembry?"
+    hits = index.search(question, k=3)
+    best = max(h.relevance for h in hits)
+    assert best == index.relevance(question) and index.relevant(hits) == (best >= index.threshold)
+    strict = RagIndex(index.chunks, index.retriever, index.df, threshold=best + 1e-6)
+    answer = ask(None, strict, question, k=3)  # no engine: the model is never reached
+    assert answer.abstained and answer.text == ABSTAIN and [h.chunk.id for h in answer.hits] == [h.chunk.id for h in hits]
+    loose = RagIndex(index.chunks, index.retriever, index.df, threshold=best)
+    assert loose.relevant(hits)
+
+
 def test_cli_index_and_ask(docs, tmp_path):
     out = tmp_path / "cli-index"
     run = [sys.executable, "-m", "lmforge.cli.main", "rag"]

@@ -189,14 +189,26 @@ def rag_app(smollm, tmp_path_factory):
         "The national dish of Keldra is smoked eel with barley.",
         "Quentar's university was opened by Queen Isla Marr."]) + "\n", encoding="utf-8")
     index = build_index([str(folder)], words=12, overlap=2)
-    return create_app(*smollm, ServeConfig(model_id=MODEL, max_concurrency=1), rag_index=index)
+    return create_app(*smollm, ServeConfig(model_id=MODEL, max_concurrency=1), rag_index=index), index
 
 
-def test_rag_endpoint_cites_or_abstains(rag_app, server):
-    with TestClient(rag_app) as http:
-        found = http.post("/v1/rag/ask", json={"question": "Who founded the Glassworks of Tembry?", "k": 2}).json()
-        assert not found["abstained"] and found["citations"]
-        assert {c["chunk"] for c in found["citations"]} <= {r["chunk"] for r in found["retrieved"]}
+def test_rag_endpoint_cites_or_abstains(rag_app, smollm, server):
+    from lmforge.infer import Engine
+    from lmforge.rag.answer import ask
+
+    app, index = rag_app
+    engine = Engine(*smollm, max_batch_size=1)
+    with TestClient(app) as http:
+        # each answer is in one chunk only (12-word chunks): the reply must cite that chunk
+        for question, fact in [("Who founded the Glassworks of Tembry?", "Mira Voss"),
+                               ("How tall is the Tembry lighthouse?", "41 metres")]:
+            found = http.post("/v1/rag/ask", json={"question": question, "k": 2}).json()
+            assert sum(fact in c.text for c in index.chunks) == 1
+            assert not found["abstained"] and found["citations"]
+            assert found["answer"].startswith(f"[{found['citations'][0]['number']}]")
+            assert any(fact in c["text"] for c in found["citations"]), found
+            # greedy by default: the same answer as the Python API
+            assert found["answer"] == ask(engine, index, question, k=2).text
         missing = http.post("/v1/rag/ask", json={"question": "What is the capital of Blorvania?"}).json()
         assert missing["abstained"] and missing["answer"] == "not in the documents"
         assert http.post("/v1/rag/ask", json={"question": ""}).status_code == 400
