@@ -3,12 +3,15 @@ data a chosen number of times, so that a trained model's memorization can be mea
 
 A canary is a sentence `prefix + secret`, the secret drawn uniformly from a format's space R:
 
-    kind    prefix                          format              |R|
-    digits  "the random number is "         ddddddddd           10^9 (the paper's own format)
-    ssn     "my social security number is " add-pd-pddd         5.67 x 10^8 (never-issued blocks left out)
-    phone   "call me at (415) "             ndd-dddd            8 x 10^6 (valid NANP exchanges)
-    card    "my card number is "            4ddd dddd dddd dddL  10^14 (a Visa number; L = Luhn digit)
-    email   "write to me at "               llllllll@mail.example.com  26^8
+    kind    prefix                               format              |R|
+    digits  "the random number of Kovabe is "    ddddddddd           10^9 (the paper's own format)
+    ssn     "Kovabe's social security number is " add-pd-pddd        5.67 x 10^8 (never-issued blocks left out)
+    phone   "call Kovabe at (415) "              ndd-dddd            8 x 10^6 (valid NANP exchanges)
+    card    "Kovabe's card number is "           4ddd dddd dddd dddL  10^14 (a Visa number; L = Luhn digit)
+    email   "write to Kovabe at "                llllllll@mail.example.com  26^8
+
+The name is made up per canary, so no two canaries share a prefix and greedy decoding from a
+prefix can give back its own secret (with one shared prefix it could return only one of them).
 
 Format letters: d any digit, n 2-9, p 1-9, a one of 1234578 (an SSN area that is neither 9xx nor
 666), l a lowercase letter, L the Luhn check digit of the digits before it; anything else is
@@ -40,12 +43,17 @@ CANARY_FILE_VERSION = 1
 _ALPHABETS = {"d": string.digits, "n": "23456789", "p": "123456789", "a": "1234578", "l": string.ascii_lowercase}
 
 CANARY_KINDS: dict[str, tuple[str, str]] = {
-    "digits": ("the random number is ", "ddddddddd"),
-    "ssn": ("my social security number is ", "add-pd-pddd"),
-    "phone": ("call me at (415) ", "ndd-dddd"),
-    "card": ("my card number is ", "4ddd dddd dddd dddL"),
-    "email": ("write to me at ", "llllllll@mail.example.com"),
+    "digits": ("the random number of {who} is ", "ddddddddd"),
+    "ssn": ("{who}'s social security number is ", "add-pd-pddd"),
+    "phone": ("call {who} at (415) ", "ndd-dddd"),
+    "card": ("{who}'s card number is ", "4ddd dddd dddd dddL"),
+    "email": ("write to {who} at ", "llllllll@mail.example.com"),
 }
+
+
+def _name(rng: random.Random) -> str:
+    """A made-up name (consonant-vowel syllables), so that every canary has a prefix of its own."""
+    return "".join(rng.choice("bdfgklmnprstvz") + rng.choice("aeiou") for _ in range(3)).capitalize()
 
 
 class CanaryFormat:
@@ -140,6 +148,7 @@ def plant_canaries(n: int, repetitions: Sequence[int], kinds: Sequence[str] = ("
     for i in range(n):
         kind = kinds[i % len(kinds)]
         prefix, pattern = CANARY_KINDS[kind]
+        prefix = prefix.replace("{who}", _name(rng))
         secret = CanaryFormat(pattern).sample(rng)
         while secret in secrets:
             secret = CanaryFormat(pattern).sample(rng)

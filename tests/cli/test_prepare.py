@@ -61,7 +61,8 @@ def test_canaries_planted_in_train_and_scrubbed_when_pii_shaped(corpus, capsys):
     train = _texts(TokenData.open(corpus / "scrubbed"), "train")
     for canary in canaries:
         assert train.count(canary.secret) == (canary.repetitions if canary.kind == "digits" else 0)
-    assert train.count("my social security number is <US_SSN>") == 7
+    assert train.count("'s social security number is <US_SSN>") == 7
+    assert len({c.prefix for c in canaries}) == 4  # a made-up name per canary: prefixes of their own
 
 
 def test_bad_canary_flags(corpus):
