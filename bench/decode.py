@@ -85,6 +85,10 @@ def exact_prompts(encode, length: int, batch: int) -> list[list[int]]:
 # --------------------------------------------------------------------------------------------
 # Measurements (each runs in a child process)
 # --------------------------------------------------------------------------------------------
+_CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter  # set per job: wall time, or CPU time of the whole process (all threads)
+
+
 def resident_mb() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -93,9 +97,9 @@ def resident_mb() -> float:
 def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
@@ -135,10 +139,10 @@ def work_lmforge(job: dict) -> dict:
     def decode(prompts, steps: int) -> float:
         params = SamplingParams(max_new_tokens=steps + 1, ignore_eos=True)
         engine.admit([engine.prepare(p, params) for p in prompts])
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             engine.step()
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         for seq in list(engine.active):
             engine.release(seq)
         return elapsed
@@ -183,11 +187,11 @@ def work_transformers(job: dict) -> dict:
     def decode(ids, steps: int) -> float:  # greedy, one token per forward call over the model's own cache
         out = model(ids, use_cache=True)
         past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        start = time.perf_counter()
+        start = clock()
         for _ in range(steps):
             out = model(token, past_key_values=past, use_cache=True)
             past, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
-        return time.perf_counter() - start
+        return clock() - start
 
     result["decode"] = {}
     for context in job["contexts"]:
@@ -221,14 +225,14 @@ def work_llama_cpp(job: dict) -> dict:
     def run(tokens: list[int], steps: int) -> tuple[float, float]:
         """(seconds to the first token, seconds for the `steps` tokens after it)."""
         llm.reset()  # no reuse of the previous prompt's cache
-        start = time.perf_counter()
+        start = clock()
         first = None
         for count, _ in enumerate(llm.generate(tokens, temp=0.0, reset=True), start=1):
             if first is None:
-                first = time.perf_counter()
+                first = clock()
             if count == steps + 1:
                 break
-        return first - start, time.perf_counter() - first
+        return first - start, clock() - first
 
     result["prefill"] = {}
     if 1 in job["prefill_batches"]:
@@ -269,9 +273,9 @@ def work_speculative(job: dict) -> dict:
         times = {}
         outputs = {}
         for name, engine in (("plain", plain), ("prompt-lookup", drafted)):
-            start = time.perf_counter()
+            start = clock()
             outputs[name] = engine.generate([prompt], params)[0]
-            times[name] = time.perf_counter() - start
+            times[name] = clock() - start
         stats = {k: drafted.speculation.__dict__[k] - before[k] for k in before}
         tokens = len(outputs["plain"].token_ids)
         rows.append({"prompt": text.split("\n")[0][:48], "tokens": tokens,
@@ -290,6 +294,8 @@ def run_job(job: dict) -> dict:
     """Run one configuration in this process (the child side)."""
     import torch
 
+    global clock
+    clock = _CLOCK[job.get("clock", "wall")]
     if job["threads"]:
         torch.set_num_threads(job["threads"])
     try:
@@ -328,7 +334,7 @@ def memory_bandwidth_gbs(threads: int | None) -> float:
 # The run and its tables
 # --------------------------------------------------------------------------------------------
 def configurations(args) -> list[dict]:
-    base = {"threads": args.threads, "repeats": args.repeats, "new_tokens": args.new_tokens,
+    base = {"threads": args.threads, "clock": args.clock, "repeats": args.repeats, "new_tokens": args.new_tokens,
             "prefill_tokens": args.prefill_tokens, "prefill_batches": args.prefill_batches,
             "contexts": args.contexts, "batches": args.batches, "path": str(args.path)}
     jobs = []
@@ -445,6 +451,9 @@ def parse_args(argv=None):
     parser.add_argument("--speculative", default="int4", help="lmforge mode for the speculative table, or 'off'")
     parser.add_argument("--spec-tokens", type=int, default=128, help="tokens per speculative answer (default 128)")
     parser.add_argument("--num-draft", type=int, default=4, help="draft tokens per step (default 4)")
+    parser.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                        help="wall time, or the process's CPU time (steadier on a shared machine, but it hides "
+                             "idle threads and counts every thread's work: use it with --threads 1)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per configuration")
     parser.add_argument("--job", default=None, help=argparse.SUPPRESS)  # internal: run one configuration
     args = parser.parse_args(argv)
@@ -496,6 +505,7 @@ def main(argv=None) -> int:
     lines = ["", *report(args, results, bandwidth)]
     if args.speculative != "off":
         job = {"peer": "speculative", "mode": args.speculative, "compile": False, "threads": args.threads,
+               "clock": args.clock,
                "path": str(args.path), "spec_tokens": args.spec_tokens, "num_draft": args.num_draft}
         lines += ["", *speculation_report(spawn(job, args.timeout), job)]
     print("\n".join(lines))
