@@ -20,7 +20,8 @@ requantization. Layers then hold it in the layout of PyTorch's own CPU kernels:
 
 The kernels are fast with bfloat16 activations (the default `compute_dtype`); with float32 they
 are exact but slow. `kernel_support` probes them once per device; where they are missing (another
-device, a PyTorch without them) the layers dequantize on the fly instead.
+device, a PyTorch without them, an int4 group size other than 32, 64, 128 or 256) the layers
+dequantize on the fly instead.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 MODES = ("none", "int8", "int4")
+INT4_KERNEL_GROUPS = (32, 64, 128, 256)  # the group sizes _weight_int4pack_mm_for_cpu takes; others run the fallback
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,9 +79,19 @@ class GroupQuantized:
                               zeros.contiguous() if zeros is not None else None, self.group_size)
 
 
+def _float_matrix(weight: torch.Tensor) -> torch.Tensor:
+    """`weight` as float32, refused unless it is a finite [N, K] matrix."""
+    if weight.dim() != 2:
+        raise ValueError(f"only 2-D weights [out, in] can be quantized, got shape {tuple(weight.shape)}")
+    w = weight.detach().float()
+    if not torch.isfinite(w).all():
+        raise ValueError(f"a weight of shape {tuple(w.shape)} holds NaN or infinite values; it cannot be quantized")
+    return w
+
+
 def quantize_int8(weight: torch.Tensor) -> GroupQuantized:
     """Symmetric int8, one scale per output channel (a single group spanning the whole row)."""
-    w = weight.detach().float()
+    w = _float_matrix(weight)
     scales = (w.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)  # [N, 1]
     values = torch.round(w / scales).clamp(-127, 127).to(torch.int8)
     return GroupQuantized(values, scales, None, w.shape[1])
@@ -87,9 +99,9 @@ def quantize_int8(weight: torch.Tensor) -> GroupQuantized:
 
 def quantize_int4(weight: torch.Tensor, group_size: int = 32) -> GroupQuantized:
     """Asymmetric 4-bit per group: scale = (max - min) / 15, zero = min, values in [0, 15]."""
-    w = weight.detach().float()
+    w = _float_matrix(weight)
     N, K = w.shape
-    if K % group_size:
+    if group_size <= 0 or K % group_size:
         raise ValueError(f"int4 group size {group_size} does not divide the input width {K}")
     grouped = w.view(N, -1, group_size)
     low, high = grouped.amin(dim=-1), grouped.amax(dim=-1)  # [N, G]
@@ -151,6 +163,9 @@ class _QuantLinearBase(nn.Module):
         self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False) if bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"input of width {x.shape[-1]} for a quantized layer of {self.in_features} inputs "
+                             f"(input shape {tuple(x.shape)})")
         flat = x.reshape(-1, self.in_features).to(self.compute_dtype)
         y = self._matmul(flat)
         if self.bias is not None:
@@ -218,7 +233,8 @@ class Int4Linear(_QuantLinearBase):
         scales = torch.cat([p[1] for p in planes], dim=1)  # [N, planes * G]
         zeros = torch.cat([p[2] for p in planes], dim=1)
         self.padded_out = -N % 16  # the kernel packs rows in tiles of 16
-        self.kernel = "int4" in kernel_support(quantized.values.device.type)
+        self.kernel = ("int4" in kernel_support(quantized.values.device.type)
+                       and quantized.group_size in INT4_KERNEL_GROUPS)
         if self.kernel:
             codes = F.pad(codes, (0, 0, 0, self.padded_out))
             scales, zeros = F.pad(scales, (0, 0, 0, self.padded_out)), F.pad(zeros, (0, 0, 0, self.padded_out))
@@ -307,6 +323,8 @@ def quantize_model(model: nn.Module, mode: str, *, group_size: int = 32,
     """
     if mode not in ("int8", "int4"):
         raise ValueError(f"unknown quantization mode {mode!r}; choose int8 or int4")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive number of inputs, got {group_size!r}")
     from lmforge.model.lora import LoRALinear
 
     if any(isinstance(m, LoRALinear) for m in model.modules()):

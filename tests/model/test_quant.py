@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 
+import gguf
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lmforge.core.config import ModelConfig
+from lmforge.io.gguf import read_blocks
 from lmforge.model.lora import apply_lora
 from lmforge.model.quant import (GroupQuantized, Int4Linear, Int8Linear, QuantEmbedding, kernel_support,
                                  quantize_int4, quantize_int8, quantize_model, refresh_quantized, weight_bytes)
@@ -74,6 +77,87 @@ def test_int8_layer_matches_its_dequantized_weight():
     grouped = formats()["int8groups"]
     layer = Int8Linear(grouped, None, torch.float32)
     assert (layer.dequantize() - grouped.dequantize()).abs().max() <= layer.scales.max() / 2 + 1e-6
+
+
+@pytest.mark.parametrize("group_size", [32, 64, 128])
+def test_int4_from_float_weights_matches_its_dequantized_weight(group_size):
+    g = torch.Generator().manual_seed(2)
+    w, bias, x = torch.randn(40, 256, generator=g), torch.randn(40, generator=g), torch.randn(2, 3, 256, generator=g)
+    q = quantize_int4(w, group_size)
+    assert q.scales.shape == (40, 256 // group_size) and q.zeros is not None
+    reference = F.linear(x, q.dequantize(), bias)
+    exact = Int4Linear(q, bias, compute_dtype=torch.float32)
+    assert exact.kernel and exact.planes == 1 and exact.group_size == group_size
+    torch.testing.assert_close(exact(x), reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(exact.dequantize(), q.dequantize(), rtol=1e-6, atol=1e-6)
+    fast = Int4Linear(q, bias)
+    torch.testing.assert_close(fast(x), reference, rtol=0.02, atol=0.02 * float(reference.abs().max()))
+
+
+@pytest.mark.parametrize("group_size", [16, 48])
+def test_group_sizes_the_int4_kernel_does_not_take_run_the_plain_path(group_size):
+    w, x = torch.randn(40, 96), torch.randn(5, 96)
+    q = quantize_int4(w, group_size)
+    layer = Int4Linear(q, None, compute_dtype=torch.float32)
+    assert not layer.kernel  # the kernel takes groups of 32, 64, 128 or 256 only
+    torch.testing.assert_close(layer(x), F.linear(x, q.dequantize()), rtol=1e-5, atol=1e-5)
+    # A model whose width the default group does not divide (48 -> groups of 16) still runs.
+    config = ModelConfig(vocab_size=96, dim=48, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=96, max_seq_len=32)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    twin = quantize_model(model.eval(), "int4", compute_dtype=torch.float32)
+    assert twin.model.layers[0].self_attn.q_proj.group_size == 16
+    with torch.no_grad():
+        logits = twin(torch.tensor([[1, 2, 3]]))
+    assert logits.shape == (1, 3, 96) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q8_0"])
+def test_gguf_blocks_in_the_layers_compute_with_ggufs_dequantization(type_name):
+    """Blocks written by the gguf package, read by lmforge, run in the layers: gguf's own
+    dequantized weights are the reference (exact with float32 activations)."""
+    rng = np.random.default_rng(3)
+    N, K = 40, 96  # N not a multiple of the kernel's 16-row tiles, three blocks per row
+    kind = gguf.GGMLQuantizationType[type_name]
+    data = gguf.quants.quantize((0.05 * rng.standard_normal((N, K))).astype(np.float32), kind)
+    weight = torch.from_numpy(np.asarray(gguf.quants.dequantize(data, kind), dtype=np.float32).reshape(N, K))
+    q = read_blocks(type_name, data, (N, K))
+    assert torch.equal(q.dequantize(), weight)
+    bias, x = torch.from_numpy(rng.standard_normal(N).astype(np.float32)), torch.randn(4, K)
+    reference = F.linear(x, weight, bias)
+    exact = Int4Linear(q, bias, compute_dtype=torch.float32)
+    assert exact.kernel and exact.planes == (2 if type_name == "Q8_0" else 1)
+    torch.testing.assert_close(exact(x), reference, rtol=1e-5, atol=1e-5)
+    fast = Int4Linear(q, bias)
+    torch.testing.assert_close(fast(x), reference, rtol=0.02, atol=0.02 * float(reference.abs().max()))
+    ids = torch.tensor([[0, 17, 39], [5, 5, 1]])
+    assert torch.equal(QuantEmbedding(q)(ids), weight[ids])
+    as_int8 = Int8Linear(q, None, torch.float32)  # requantized per channel: within half an int8 step
+    assert ((as_int8.dequantize() - weight).abs() <= as_int8.scales[:, None] / 2 + 1e-6).all()
+
+
+def test_bad_inputs_are_refused_naming_the_problem():
+    with pytest.raises(ValueError, match="group size 0 does not divide the input width 96"):
+        quantize_int4(torch.randn(4, 96), 0)
+    with pytest.raises(ValueError, match=r"only 2-D weights \[out, in\] can be quantized, got shape \(8,\)"):
+        quantize_int8(torch.randn(8))
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        quantize_int4(torch.tensor([[1.0, float("nan")] * 16]), 32)
+    with pytest.raises(ValueError, match="holds NaN or infinite values"):
+        quantize_int8(torch.tensor([[1.0, float("inf")]]))
+    with pytest.raises(ValueError, match="quantized values must be int8, got torch.float32"):
+        GroupQuantized(torch.zeros(4, 32), torch.ones(4, 1), None, 32)
+    with pytest.raises(ValueError, match="group size 32 does not divide the input width 40"):
+        GroupQuantized(torch.zeros(4, 40, dtype=torch.int8), torch.ones(4, 1), None, 32)
+    with pytest.raises(ValueError, match=r"scales/zeros must have shape \(4, 2\) for values \(4, 64\)"):
+        GroupQuantized(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2), torch.ones(4, 1), 32)
+    w = torch.randn(40, 96)
+    for layer in (Int8Linear(quantize_int8(w)), Int4Linear(quantize_int4(w))):
+        with pytest.raises(ValueError, match=r"input of width 48 for a quantized layer of 96 inputs \(input shape \(2, 48\)\)"):
+            layer(torch.randn(2, 48))
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="group_size must be a positive number of inputs"):
+            quantize_model(small_model(), "int4", group_size=bad)
 
 
 def test_fallback_without_kernels_computes_the_same(monkeypatch):
