@@ -336,7 +336,17 @@ def _similarity(task: Task, k: int, config: EvalConfig, completions: list[Comple
 
 def _code(model: Transformer, tokenizer: Tokenizer, task: Task, k: int, config: EvalConfig,
           progress: ProgressDisplay) -> dict[str, Any]:
-    """`config.samples` completions per problem, each run against the problem's tests in the sandbox."""
+    """`config.samples` completions per problem, each run against the problem's tests in the sandbox.
+
+    Plain prompts lose their trailing whitespace, and the program is that prompt + the completion.
+    HumanEval prompts end with a newline after the docstring; byte-level BPE vocabularies (SmolLM2's,
+    GPT-2's) write a newline and the next line's indentation as one token ("\\n   "), so a prompt ending
+    in a lone "\\n" token asks the model to go on from a state its training text never had, and it
+    starts a new top-level statement instead of the body (bigcode-evaluation-harness strips the
+    prompt for the same reason). Chat prompts keep the question as it is."""
+    if not config.chat:
+        task = dataclasses.replace(task, docs=tuple(dataclasses.replace(d, question=d.question.rstrip())
+                                                    for d in task.docs))
     prompts, truncated = _generation_prompts(model, tokenizer, task, k, config)
     n = config.samples
     completions = _generate(model, tokenizer, task, [ids for ids in prompts for _ in range(n)], config, progress,

