@@ -194,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     if result.scores_after is not None and (folder / f"{task}_before.json").is_file():
         for key, name in (("correct", "accuracy (extracted answer)"), ("strict", "strict match (whole reply)")):
             before, after, stderr, n = paired_change(folder / f"{task}_before.json", folder / f"{task}_after.json", key)
+            spread = (f"paired standard error {stderr:.1%}, z = {(after - before) / stderr:.1f}" if stderr
+                      else "no item changed")
             print(f"held-out {task}, {n} items, {name}: {before:.1%} -> {after:.1%}, change {after - before:+.1%} "
-                  f"(paired standard error {stderr:.1%}, z = {(after - before) / stderr if stderr else float('nan'):.1f})")
+                  f"({spread})")
     print(f"{result.steps} steps, {result.train_seconds:.0f}s of training; run folder: {result.out_dir}")
     return 0

@@ -1,7 +1,7 @@
 """`lmforge rl`: reinforcement learning from rewards, GRPO, REINFORCE or PPO (one loop, three settings).
 
     lmforge rl --algo grpo --task count --reward exact_match                   # a generated task, no downloads
-    lmforge rl --config configs/rl-grpo-count.yaml                               # the measured recipe
+    lmforge rl --config configs/rl-grpo-convert.yaml                             # the measured recipe
     lmforge rl --algo ppo --prompts prompts.jsonl --reward rm:runs/rm/reward_model --eval-prompts held.jsonl
     lmforge rl --algo reinforce --prompts p.jsonl --reward my_rewards:brevity --reward format --reward-weights 1 0.5
 
