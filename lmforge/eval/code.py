@@ -2,7 +2,9 @@
 
 A code problem is a prompt (a function signature and docstring), tests defining
 `check(candidate)`, and the entry point's name. A completion becomes a program exactly as
-HumanEval builds it, `prompt + completion + "\\n" + tests + "\\n" + "check(entry_point)"`, and
+HumanEval builds it, `prompt + completion + "\\n" + tests + "\\n" + "check(entry_point)"` (in plain
+mode the runner gives the model the prompt without its trailing whitespace, and the program
+starts from that stripped prompt; see `lmforge.eval.runner._code`), and
 passes when that program runs to its end in the sandbox (`lmforge.core.sandbox`): an exception,
 a failed assert, `sys.exit`, a timeout, a crash or a refused operation is a failure.
 

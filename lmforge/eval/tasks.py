@@ -501,7 +501,8 @@ def code_jsonl_task(path: Path, rows: list[dict[str, Any]]) -> Task:
     """A user code task, one problem per line: {"prompt": "def f(x):\\n    \"\"\"...\"\"\"\\n",
     "tests": "def check(candidate):\\n    assert candidate(1) == 2\\n", "entry_point": "f"} with
     optional "id" and "solution" (a reference body). The program that runs is prompt + completion
-    + tests + "check(entry_point)", as in HumanEval."""
+    + tests + "check(entry_point)", as in HumanEval (plain prompts are completed, and the program
+    built, without the prompt's trailing whitespace: see `lmforge.eval.runner`)."""
     docs = []
     for number, row in enumerate(rows, 1):
         where = f"{path}:{number}"
