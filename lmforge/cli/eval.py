@@ -73,19 +73,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a run folder: results go to RUN_DIR/eval/TASK.json (+ .png) for `lmforge report` (default: none)")
     parser.add_argument("--no-samples", action="store_true", help="leave per-item samples out of the results")
     code = parser.add_argument_group("code tasks (humaneval, jsonl code lines)")
-    code.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k needs k of them)")
+    code.add_argument("--samples", type=int, default=1, help="completions per problem (pass@k needs k of them) (default 1)")
     code.add_argument("--temperature", type=float, default=0.0,
-                      help="sampling temperature of code completions; 0 = greedy (needs > 0 with several samples)")
+                      help="sampling temperature of code completions (and of --self-consistency answers); "
+                           "0 = greedy, which allows one sample per problem only (default 0)")
     code.add_argument("--top-p", type=float, default=None, help="nucleus sampling of code completions (default: off)")
-    code.add_argument("--pass-k", default="1,10,100", help="the k of pass@k, reported where k <= --samples")
-    code.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds of wall clock per program")
+    code.add_argument("--pass-k", default="1,10,100", help="the k of pass@k, reported where k <= --samples (default 1,10,100)")
+    code.add_argument("--sandbox-timeout", type=float, default=10.0, help="seconds of wall clock per program (default 10)")
     code.add_argument("--workers", type=int, default=None, help="programs run at a time (default: the CPU count)")
-    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of confidence intervals")
+    parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of confidence intervals (default 1000)")
     judged = parser.add_argument_group("judged tasks (open_ended, jsonl lines with \"metric\": \"judge\")")
     judged.add_argument("--judge", default=None,
                         help="the judging model: a name, GGUF file, folder or hub id (default: the embedded model)")
     judged.add_argument("--judge-mode", choices=("pairwise", "rubric"), default="pairwise",
-                        help="pairwise: against the references (or --baseline), both orders; rubric: a grade 1-5")
+                        help="pairwise: against the references (or --baseline), both orders; rubric: a grade 1-5 "
+                             "(default pairwise)")
     judged.add_argument("--baseline", default=None,
                         help="pairwise opponent: a model whose answers replace the task's references (default: none)")
     parser.add_argument("--show-prompt", action="store_true", help="print the first item's prompt for each shot count")
