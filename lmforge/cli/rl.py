@@ -1,7 +1,7 @@
 """`lmforge rl`: reinforcement learning from rewards, GRPO, REINFORCE or PPO (one loop, three settings).
 
     lmforge rl --algo grpo --task count --reward exact_match                   # a generated task, no downloads
-    lmforge rl --config configs/rl-grpo-convert.yaml                             # the measured recipe
+    lmforge rl --config configs/rl-grpo-count.yaml                               # the measured recipe
     lmforge rl --algo ppo --prompts prompts.jsonl --reward rm:runs/rm/reward_model --eval-prompts held.jsonl
     lmforge rl --algo reinforce --prompts p.jsonl --reward my_rewards:brevity --reward format --reward-weights 1 0.5
 
@@ -20,10 +20,10 @@ Flags override the YAML recipe (`--config`); `KEY=VALUE` overrides (dotted keys)
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import recipe_from_args
 
 DEFAULT_FORMAT = r"The answer is -?[\d,]*\d(\.\d+)?\.?$"
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_rl(config, rewards, resume=args.resume, show_progress=not args.quiet, score=score)
     except (RewardError, NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}; the last checkpoint is unchanged", file=sys.stderr)
+        report_error(error, args, suffix="; the last checkpoint is unchanged")
         return 1
     if not args.quiet and not result.stopped_by:
         last = result.history[-1] if result.history else {}
