@@ -28,6 +28,13 @@ def default_device() -> torch.device:
 
 
 def parse_device(name: str | torch.device | None) -> torch.device:
+    """cpu, cuda, cuda:N or auto (cuda when available); a device this machine lacks is a ValueError."""
     if name is None or name == "auto":
         return default_device()
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: no CUDA device is available here (use cpu or auto)")
+    return device
