@@ -33,6 +33,18 @@ class OptimConfig:
     muon_weight_decay: float = 0.0  # torch's Muon shrinks weights by lr * this per step
     muon_ns_steps: int = 5
 
+    def __post_init__(self) -> None:
+        for name in ("lr", "embed_lr", "head_lr", "eps", "muon_lr", "muon_ns_steps"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"optim.{name} must be positive, got {value}")
+        for name in ("weight_decay", "muon_weight_decay"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"optim.{name} must be >= 0, got {getattr(self, name)}")
+        if not all(0 <= beta < 1 for beta in (*self.betas, self.muon_momentum)):
+            raise ValueError(f"optim.betas and optim.muon_momentum must be in [0, 1), got {list(self.betas)} "
+                             f"and {self.muon_momentum}")
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -46,6 +58,13 @@ class ScheduleConfig:
     warmup_steps: int = 100
     min_lr_frac: float = 0.1  # final multiplier
     decay_frac: float = 0.2  # wsd: the last fraction of the run decays linearly to min_lr_frac
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"schedule.warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("min_lr_frac", "decay_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"schedule.{name} must be in [0, 1], got {getattr(self, name)}")
 
 
 class RecipeConfig:
