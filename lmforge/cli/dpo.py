@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import recipe_from_args
 
 LOSSES = ("dpo", "ipo", "simpo", "orpo", "kto")
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_preference(config, resume=args.resume, show_progress=not args.quiet, score=score)
     except (NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        report_error(error, args)
         return 1
     if result.stopped_by:
         return 0

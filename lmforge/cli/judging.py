@@ -34,6 +34,8 @@ def read_prompts(spec: str, limit: int | None, seed: int = 0) -> list[list[dict[
     from lmforge.data.constitution import example_prompts
     from lmforge.data.prompts import read_prompt_jsonl
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {limit}")
     if spec in PROMPT_SETS:
         return example_prompts(limit or 200, spec.split(":")[1], seed)
     if spec.startswith("builtin:"):

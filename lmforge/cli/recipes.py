@@ -12,7 +12,18 @@ from typing import Any
 
 import yaml
 
-__all__ = ["apply_overrides", "default_recipe", "read_recipe", "recipe_keys", "recipe_yaml", "set_key"]
+__all__ = ["apply_overrides", "default_recipe", "read_recipe", "recipe_keys", "recipe_yaml", "set_key", "yaml_problem"]
+
+
+def yaml_problem(error: yaml.YAMLError | UnicodeDecodeError) -> str:
+    """A YAML reading error in one line ("line 2, column 1: expected ',' or ']' ... (while parsing
+    a flow sequence)"), where PyYAML's own text spans several lines with a picture of the spot."""
+    problem = getattr(error, "problem", None)
+    if not problem:
+        return " ".join(str(error).split())
+    mark, context = getattr(error, "problem_mark", None), getattr(error, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return where + problem + (f" ({context})" if context else "")
 
 
 def read_recipe(path: str | Path) -> dict[str, Any]:
@@ -23,7 +34,7 @@ def read_recipe(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: invalid YAML ({error})") from None
+        raise ValueError(f"{path}: invalid YAML ({yaml_problem(error)})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
@@ -50,7 +61,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         try:
             set_key(data, key, yaml.safe_load(raw) if raw != "" else "")
         except yaml.YAMLError as error:
-            raise ValueError(f"override {item!r}: invalid YAML value ({error})") from None
+            raise ValueError(f"override {item!r}: invalid YAML value ({yaml_problem(error)})") from None
         except ValueError as error:
             raise ValueError(f"override {item!r}: {error}") from None
     return data

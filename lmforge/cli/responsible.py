@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from lmforge.cli.recipes import yaml_problem
 from lmforge.core.files import write_text_atomically
 
 RESPONSIBLE_TASKS = ("redteam", "bias")
@@ -36,8 +37,8 @@ def load_policy(path: Path | None) -> Any:
         raise FileNotFoundError(f"moderation policy {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid YAML ({yaml_problem(error)})") from None
     return policy_from_dict(data, str(path))
 
 

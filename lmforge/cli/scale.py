@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import apply_overrides, read_recipe
 
 
@@ -106,7 +107,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         report = run_sweep(config, pretrain, jobs=args.jobs, show_progress=not args.quiet)
     except (NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        report_error(error, args)
         return 1
     print(f"sweep: {len(report.trained)} run(s) trained, {len(report.skipped)} already done, {report.seconds:.1f}s; "
           f"runs: {report.out_dir / 'runs.json'}")

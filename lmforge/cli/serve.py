@@ -68,17 +68,17 @@ def run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"lmforge: warning: serving on {args.host} without --api-key; anyone who can reach it may use it",
               file=sys.stderr)
-    policy = load_policy(args.moderation)  # a bad policy fails before the model loads
-    model, tokenizer = load_from_args(args)
-    if policy is not None:
-        config = dataclasses.replace(config, moderation=moderator_for(policy, model, tokenizer))
-    if config.compile:
-        print("lmforge: compiling the decode step (once; cached on disk for the next start)", file=sys.stderr, flush=True)
+    policy = load_policy(args.moderation)  # a bad policy or index fails before the model loads
     rag_index = None
     if args.rag:
         from lmforge.rag.index import RagIndex
 
         rag_index = RagIndex.load(args.rag)
+    model, tokenizer = load_from_args(args)
+    if policy is not None:
+        config = dataclasses.replace(config, moderation=moderator_for(policy, model, tokenizer))
+    if config.compile:
+        print("lmforge: compiling the decode step (once; cached on disk for the next start)", file=sys.stderr, flush=True)
     app = create_app(model, tokenizer, config, rag_index=rag_index)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"lmforge: serving {config.model_id} on http://{host}:{args.port} (chat page at /, API at /v1)",

@@ -54,3 +54,53 @@ def test_errors_a_verb_reports_itself_follow_the_same_switch(capsys, monkeypatch
     err = capsys.readouterr().err
     assert "Traceback" in err and "test_errors_a_verb_reports_itself" in err
     assert err.endswith("lmforge: error: training loss became nan at step 3; the last checkpoint is unchanged\n")
+
+
+# Bad input to each verb: a missing file, a bad YAML key or document, an absurd number. Each is
+# caught before any model loads and is one line on stderr with exit status 2, no traceback.
+BAD_INPUTS = [
+    (["dpo", "--config", "{tmp}/absent.yaml"], "config file {tmp}/absent.yaml not found"),
+    (["dpo", "--config", "{tmp}/broken.yaml"],
+     "{tmp}/broken.yaml: invalid YAML (line 2, column 1: expected ',' or ']', but got '<stream end>' "
+     "(while parsing a flow sequence))"),
+    (["dpo", "--beta", "-5", "--data", "{tmp}/absent.jsonl"], "beta must be positive, got -5.0"),
+    (["rl", "bogus_key=1"], "unknown config key(s): bogus_key"),
+    (["rl", "--reward", "nosuch"], "unknown reward 'nosuch'"),
+    (["rm", "frobnicate"], "unknown rm action 'frobnicate'"),
+    (["rm", "--batch-size", "-1"], "batch_size must be positive, got -1"),
+    (["feedback", "--constitution", "{tmp}/broken.yaml"], "{tmp}/broken.yaml: invalid YAML (line 2, column 1"),
+    (["feedback", "--prompts", "{tmp}/absent.jsonl"], "prompt file {tmp}/absent.jsonl does not exist"),
+    (["feedback", "--limit", "-3"], "--limit must be at least 1, got -3"),
+    (["scale", "sweep", "--config", "{tmp}/unknown-key.yaml"], "unknown config key(s): bogus_key"),
+    (["scale", "fit", "{tmp}/absent"], "{tmp}/absent not found"),
+    (["audit", "pii", "--lines", "-5", "--clean"], "the labelled set needs at least one line, got -5"),
+    (["audit", "memorization", "--model", "smollm2-135m-instruct", "--canaries", "{tmp}/absent.jsonl"],
+     "canary file {tmp}/absent.jsonl does not exist"),
+    (["rag", "index", "{tmp}/absent", "--out", "{tmp}/index"], "{tmp}/absent: no such file or folder"),
+    (["rag", "ask", "{tmp}/absent", "why?"], "{tmp}/absent: not a RAG index"),
+    (["chat", "--device", "tpu", "--prompt", "hi"], "unknown device 'tpu'; use cpu, cuda, cuda:N or auto"),
+    (["chat", "--temperature", "-1", "--prompt", "hi"], "temperature must be in [0, 100], got -1.0"),
+    (["chat", "--moderation", "{tmp}/broken.yaml", "--prompt", "hi"], "{tmp}/broken.yaml: not valid YAML (line 2"),
+    (["serve", "--port", "99999"], "--port must be in [1, 65535], got 99999"),
+    (["serve", "--moderation", "{tmp}/absent.yaml"], "moderation policy {tmp}/absent.yaml does not exist"),
+    (["serve", "--rag", "{tmp}/absent"], "{tmp}/absent: not a RAG index"),
+    (["eval", "--task", "arc_easy", "--data", "{tmp}/absent"], "{tmp}/absent/arc/ARC-Easy-validation.jsonl does not exist"),
+    (["eval", "--task", "add", "--limit", "-1"], "limit must be positive, got -1"),
+    (["pretrain", "--config", "{tmp}/unknown-key.yaml"], "unknown config key(s): bogus_key"),
+    (["pretrain", "--config", "{tmp}/broken.yaml"], "{tmp}/broken.yaml: invalid YAML (line 2, column 1"),
+    (["finetune", "--rank", "0"], "lora.rank must be positive, got 0"),
+    (["finetune", "--lr", "-1"], "optim.lr must be positive, got -1.0"),
+    (["finetune", "lora=[1, 2]"], "expected a mapping, got list"),
+    (["export", "--model", "{tmp}/absent.gguf", "--to", "hf", "--out", "{tmp}/exported"], "{tmp}/absent.gguf"),
+    (["generate", "--max-new-tokens", "-3", "--prompt", "hi"], "max_new_tokens must be a positive integer, got -3"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS, ids=[" ".join(a[:2]) for a, _ in BAD_INPUTS])
+def test_every_verb_reports_bad_input_in_one_line(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("LMFORGE_DEBUG", raising=False)
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    (tmp_path / "unknown-key.yaml").write_text("bogus_key: 1\n")
+    err = _error(capsys, [part.format(tmp=tmp_path) for part in argv])
+    assert err.startswith("lmforge: error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert message.format(tmp=tmp_path) in err
