@@ -2,7 +2,7 @@
 
     lmforge rm --model MODEL --data pairs.jsonl                 # Bradley-Terry; held-out pairwise accuracy
     lmforge rm                                                  # verifiable pairs sampled from the model on a task
-    lmforge rm train --config configs/rm-count.yaml KEY=VALUE   # (KEY=VALUE overrides need the word `train`)
+    lmforge rm --config RECIPE.yaml lora.rank=16               # KEY=VALUE overrides (`lmforge rm train ...` is the same)
     lmforge rm score --model runs/rm/reward_model --data file.jsonl [--out scored.jsonl]
 
 The trained model is saved in Hugging Face's sequence-classification layout (OUT/reward_model:
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
+from lmforge.cli.common import report_error
 from lmforge.cli.recipes import recipe_from_args
 
 
@@ -96,7 +96,7 @@ def train(args: argparse.Namespace) -> int:
     try:
         result = train_reward_model(config, resume=args.resume, show_progress=not args.quiet)
     except (NonFiniteLossError, CheckpointError) as error:
-        print(f"lmforge: error: {error}", file=sys.stderr)
+        report_error(error, args)
         return 1
     if not result.stopped_by:
         last = result.evals[-1] if result.evals else {}
