@@ -23,7 +23,7 @@ from lmforge.infer.grammar import GrammarCompiler, GrammarSpec
 from lmforge.infer.sampling import SamplingParams
 from lmforge.rag.index import Chunk, Hit, RagIndex
 
-__all__ = ["ABSTAIN", "Answer", "Citation", "answer_grammar", "ask", "build_messages", "finish"]
+__all__ = ["ABSTAIN", "Answer", "Citation", "answer_grammar", "ask", "ask_many", "build_messages", "finish"]
 
 ABSTAIN = "not in the documents"
 SYSTEM = ("Answer the question using only the numbered passages. Start with the number of the passage that "
@@ -82,12 +82,20 @@ def abstain(hits: list[Hit]) -> Answer:
 
 
 def ask(engine: Engine, index: RagIndex, question: str, *, k: int = 5, max_new_tokens: int = 64) -> Answer:
-    hits = index.search(question, k)
-    if not index.relevant(hits):
-        return abstain(hits)
-    compiler = GrammarCompiler.for_tokenizer(engine.tokenizer, engine.vocab_size)
-    grammar = compiler.grammar(answer_grammar(len(hits)))
-    prompt = engine.chat_prompt(build_messages(question, hits))
-    completion = engine.generate([prompt], SamplingParams(max_new_tokens=max_new_tokens),
-                                 constraints=[grammar.constraint(max_new_tokens)])[0]
-    return finish(completion.text, hits)
+    return ask_many(engine, index, [question], k=k, max_new_tokens=max_new_tokens)[0]
+
+
+def ask_many(engine: Engine, index: RagIndex, questions: list[str], *, k: int = 5,
+             max_new_tokens: int = 64) -> list[Answer]:
+    """`ask` for several questions; the ones retrieval finds relevant are answered in one batched generate."""
+    hits = [index.search(question, k) for question in questions]
+    answers: list[Answer | None] = [None if index.relevant(h) else abstain(h) for h in hits]
+    todo = [i for i, answer in enumerate(answers) if answer is None]
+    if todo:
+        compiler = GrammarCompiler.for_tokenizer(engine.tokenizer, engine.vocab_size)
+        prompts = [engine.chat_prompt(build_messages(questions[i], hits[i])) for i in todo]
+        constraints = [compiler.grammar(answer_grammar(len(hits[i]))).constraint(max_new_tokens) for i in todo]
+        completions = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens), constraints=constraints)
+        for i, completion in zip(todo, completions):
+            answers[i] = finish(completion.text, hits[i])
+    return answers

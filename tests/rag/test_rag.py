@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lmforge.infer import Engine
-from lmforge.rag.answer import ABSTAIN, answer_grammar, ask, finish
+from lmforge.rag.answer import ABSTAIN, answer_grammar, ask, ask_many, finish
 from lmforge.rag.embed import Embedder
 from lmforge.rag.index import RagIndex, build_index, chunk_text, read_documents
 
@@ -146,6 +146,19 @@ def test_cited_answers_from_the_model(smollm, index):
     assert len(two) >= 2 and [c.number for c in finish("[2][9] x", two).citations] == [2]
     assert "number" in answer_grammar(3).source
 
+
+def test_ask_many_keeps_the_order_and_skips_the_model_for_abstentions(smollm, index):
+    model, tokenizer = smollm
+    engine = Engine(model, tokenizer, max_batch_size=2)
+    questions = ["What is the capital of Blorvania?", "Who founded the Glassworks of Tembry?",
+                 "What is the national dish of Keldra?"]
+    answers = ask_many(engine, index, questions, k=3, max_new_tokens=24)
+    assert [a.abstained for a in answers] == [True, False, False]
+    assert answers[0].text == ABSTAIN and not answers[0].citations
+    assert "Mira Voss" in " ".join(c.chunk.text for c in answers[1].citations)
+    assert all(1 <= c.number <= len(answers[2].hits) for c in answers[2].citations)
+    assert all(a.text.startswith(f"[{a.citations[0].number}]") for a in answers[1:])
+    assert ask_many(None, index, questions[:1])[0].abstained  # nothing relevant: no engine needed
 
 def test_answer_grammar_allows_only_listed_citations_first(smollm):
     from lmforge.infer.grammar import GrammarCompiler
