@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 from lmforge.cli.common import report_error
-from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
+from lmforge.cli.recipes import recipe_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="rows per micro-batch (default 8)")
     parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     parser.add_argument("--seq-len", type=int, help="tokens per packed row (default 512)")
-    parser.add_argument("--no-pack", action="store_true", help="one conversation per row")
+    parser.add_argument("--no-pack", dest="pack", action="store_false", default=None,
+                        help="one conversation per row (default: short conversations packed into rows)")
     parser.add_argument("--eval-every", type=int, help="steps between validation-loss passes, 0 = only at the end (default 50)")
     parser.add_argument("--save-every", type=int, help="steps between checkpoints, 0 = only at the end (default 0)")
     parser.add_argument("--device", help="cpu, cuda or auto (default auto)")
@@ -66,29 +66,14 @@ _FLAGS = {
     "targets": "lora.targets", "merge": "merge", "out": "out_dir", "lr": "optim.lr", "epochs": "epochs",
     "max_steps": "max_steps", "time_budget": "time_budget_s", "batch_size": "batch_size", "grad_accum": "grad_accum",
     "seq_len": "seq_len", "eval_every": "eval_every", "save_every": "save_every", "device": "device", "dtype": "dtype",
-    "threads": "threads", "seed": "seed",
+    "threads": "threads", "seed": "seed", "pack": "pack",
 }
 
 
 def build_config(args: argparse.Namespace):
     from lmforge.train.finetune import DEFAULT_LR, FinetuneConfig
 
-    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
-    for flag, key in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_key(data, key, value)
-    if args.no_pack:
-        data["pack"] = False
-    data = apply_overrides(data, list(args.overrides))
-    if "epochs" not in data and (data.get("max_steps") is not None or data.get("time_budget_s") is not None):
-        data["epochs"] = None  # a step or time budget alone decides the length, not the 1-epoch default
-    method = data.get("method", "lora")
-    optim = data.setdefault("optim", {})
-    if isinstance(optim, dict):
-        optim.setdefault("lr", DEFAULT_LR.get(method, DEFAULT_LR["lora"]))
-        optim.setdefault("weight_decay", 0.0)
-    return FinetuneConfig.from_dict(data)
+    return FinetuneConfig.from_dict(recipe_from_args(args, _FLAGS, DEFAULT_LR))
 
 
 def task_score(config):

@@ -11,7 +11,11 @@ from typing import Any
 
 from torch import nn
 
+from lmforge.core.files import write_folder_atomically
 from lmforge.io.checkpoint import CheckpointError, latest_checkpoint, load_train_state, load_weights_into, save_checkpoint
+from lmforge.io.hf import save_pretrained
+from lmforge.io.peft import save_adapter
+from lmforge.model.lora import merge_lora
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.distributed import DistInfo, agree_any
@@ -111,6 +115,21 @@ def checkpoint_model(model: Transformer) -> tuple[Transformer, dict[str, Any]]:
         return model, {}
     adapter = {k: v.detach().cpu().clone() for k, v in lora_state_dict(model).items()}
     return Transformer.from_state_dict(model.config, merged_state_dict(model)), {"lora": adapter}
+
+
+def save_lora_outputs(model: Transformer, tokenizer: Tokenizer, out: Path, base_model: str, merge: bool,
+                      display: Any) -> tuple[Path, Path | None]:
+    """The end of a LoRA run: its adapter in PEFT's layout (OUT/adapter) and, with `merge`, the model
+    with the adapter merged in as a Hugging Face folder (OUT/merged), each announced on `display`.
+    Merging changes `model` in place, so this comes last."""
+    adapter = save_adapter(model, out / "adapter", base_model_name_or_path=base_model)
+    display.message(f"adapter (PEFT layout): {adapter}")
+    merged = None
+    if merge:
+        merge_lora(model)
+        merged = write_folder_atomically(out / "merged", lambda tmp: save_pretrained(model, tokenizer, tmp))
+        display.message(f"merged model: {merged}")
+    return adapter, merged
 
 
 def restore_model(folder: str | os.PathLike, model: Transformer, dist: DistInfo) -> dict[str, Any]:

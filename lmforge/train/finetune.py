@@ -41,11 +41,9 @@ import lmforge
 from lmforge.data.chat import ChatBatches, ChatExample, PackedRow, collate, pack_examples, read_chat_jsonl
 from lmforge.data.synthetic import TaskItem, make_items
 from lmforge.io.checkpoint import load_meta
-from lmforge.io.hf import save_pretrained
-from lmforge.core.files import write_folder_atomically, write_text_atomically
-from lmforge.io.peft import save_adapter
+from lmforge.core.files import write_text_atomically
 from lmforge.io.registry import load_model
-from lmforge.model.lora import apply_lora, count_parameters, merge_lora
+from lmforge.model.lora import apply_lora, count_parameters
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.chat import render_conversation
 from lmforge.tokenizer.tokenizer import Tokenizer
@@ -59,6 +57,7 @@ from lmforge.train.checkpointing import (
     find_resume_checkpoint,
     restore_model,
     restore_optimizer,
+    save_lora_outputs,
     save_training_checkpoint,
 )
 from lmforge.core.progress import ProgressDisplay
@@ -424,12 +423,7 @@ def finish(run: FinetuneRun) -> FinetuneResult:
         if state.last_save_step != state.step:
             save(run)
         if config.method == "lora":
-            adapter = save_adapter(model, run.out / "adapter", base_model_name_or_path=config.model)
-            run.display.message(f"adapter (PEFT layout): {adapter}")
-            if config.merge:
-                merge_lora(model)
-                merged = write_folder_atomically(run.out / "merged", lambda tmp: save_pretrained(model, run.tokenizer, tmp))
-                run.display.message(f"merged model: {merged}")
+            adapter, merged = save_lora_outputs(model, run.tokenizer, run.out, config.model, config.merge, run.display)
     result = FinetuneResult(run.out, state.checkpoint, adapter, merged, state.step, state.train_seconds, trainable, total,
                             state.scores_before, state.scores_after, state.stopped_by, state.evals)
     if not state.stopped_by:

@@ -35,20 +35,18 @@ from typing import Any, Literal
 import torch
 
 import lmforge
-from lmforge.core.files import replace_atomically, write_folder_atomically, write_text_atomically
+from lmforge.core.files import replace_atomically, write_text_atomically
 from lmforge.core.plotting import new_figure, save_figure
 from lmforge.core.progress import ProgressDisplay
 from lmforge.data.chat import ChatBatches
 from lmforge.data.preference import PreferenceData, read_preference_jsonl, unpair
 from lmforge.io.checkpoint import load_meta
-from lmforge.io.hf import save_pretrained
-from lmforge.io.peft import save_adapter
 from lmforge.io.registry import load_model
-from lmforge.model.lora import apply_lora, count_parameters, merge_lora
+from lmforge.model.lora import apply_lora, count_parameters
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
-                                         restore_model, restore_optimizer, save_training_checkpoint)
+                                         restore_model, restore_optimizer, save_lora_outputs, save_training_checkpoint)
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo, single_process
 from lmforge.train.finetune import LoRASettings
@@ -585,12 +583,7 @@ def finish(run: PreferenceRun) -> PreferenceResult:
         if state.last_save_step != state.step:
             save(run)
         if config.method == "lora":
-            adapter = save_adapter(model, run.out / "adapter", base_model_name_or_path=config.model)
-            run.display.message(f"adapter (PEFT layout): {adapter}")
-            if config.merge:
-                merge_lora(model)
-                merged = write_folder_atomically(run.out / "merged", lambda tmp: save_pretrained(model, run.tokenizer, tmp))
-                run.display.message(f"merged model: {merged}")
+            adapter, merged = save_lora_outputs(model, run.tokenizer, run.out, config.model, config.merge, run.display)
     result = PreferenceResult(run.out, state.checkpoint, adapter, merged, state.step, state.train_seconds,
                               state.scores_before, state.scores_after, state.stopped_by, state.evals)
     if not state.stopped_by:

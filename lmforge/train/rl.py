@@ -56,7 +56,6 @@ from lmforge.core.progress import ProgressDisplay
 from lmforge.data.prompts import PromptOrder, PromptRecord, read_prompt_jsonl, task_prompts
 from lmforge.infer.engine import Engine
 from lmforge.io.checkpoint import load_meta
-from lmforge.io.peft import save_adapter
 from lmforge.io.registry import load_model
 from lmforge.model.heads import ScalarHeadModel
 from lmforge.model.lora import adapters_disabled, apply_lora, count_parameters
@@ -64,7 +63,7 @@ from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.completion import encode_prompt
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.checkpointing import (RunState, checkpoint_if_due, checkpoint_model, find_resume_checkpoint,
-                                         restore_model, restore_optimizer, save_training_checkpoint)
+                                         restore_model, restore_optimizer, save_lora_outputs, save_training_checkpoint)
 from lmforge.train.config import OptimConfig, RecipeConfig, ScheduleConfig
 from lmforge.train.distributed import DistInfo, single_process
 from lmforge.train.finetune import LoRASettings
@@ -626,8 +625,7 @@ def finish(run: RLRun) -> RLResult:
         if state.last_save_step != state.step:
             save(run)
         if config.method == "lora":
-            adapter = save_adapter(run.model, run.out / "adapter", base_model_name_or_path=config.model)
-            run.display.message(f"adapter (PEFT layout): {adapter}")
+            adapter, _ = save_lora_outputs(run.model, run.tokenizer, run.out, config.model, False, run.display)
     result = RLResult(run.out, state.checkpoint, adapter, state.step, state.train_seconds, state.scores_before,
                       state.scores_after, state.stopped_by, run.history)
     if not state.stopped_by:

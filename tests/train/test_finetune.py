@@ -325,3 +325,18 @@ def test_a_time_budget_alone_ends_a_finetune(tmp_path, small_model):
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "train_loss" in r] == list(range(1, result.steps + 1))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == result.steps
+
+
+def test_cli_flags_and_overrides_build_the_recipe():
+    """`lmforge finetune` builds its recipe as the other training verbs do (recipes.recipe_from_args):
+    flags, then KEY=VALUE overrides; a step budget alone turns epochs off; lr defaults by method."""
+    from lmforge.cli.finetune import build_config
+    from lmforge.cli.main import build_parser
+
+    def config(*argv):
+        return build_config(build_parser().parse_args(["finetune", *argv]))
+
+    assert config().pack is True and config().epochs == 1.0 and config().optim.lr == 2e-4
+    packed_off = config("--no-pack", "--max-steps", "3", "--method", "full")
+    assert packed_off.pack is False and packed_off.epochs is None and packed_off.optim.lr == 2e-5
+    assert config("pack=false", "optim.lr=0.01").pack is False and config("optim.lr=0.01").optim.lr == 0.01

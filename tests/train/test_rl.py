@@ -161,3 +161,4 @@ def test_heldout_reward_score_and_plot(tiny_chat_model, tmp_path):
     assert [r["step"] for r in evals] == [0, 1, 2]  # before, and every step (the last one reused at the end)
     assert result.scores_after["reward"] == evals[-1]["eval/reward"]
     assert (tmp_path / "run" / "rl.png").stat().st_size > 0
+    assert (result.adapter / "adapter_config.json").is_file()  # a LoRA run ends with its PEFT adapter
