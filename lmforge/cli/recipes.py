@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["apply_overrides", "default_recipe", "read_recipe", "recipe_keys", "recipe_yaml", "set_key", "yaml_problem"]
+__all__ = ["RUN_FLAGS", "add_run_flags", "apply_overrides", "default_recipe", "read_recipe", "recipe_keys", "recipe_yaml", "set_key", "yaml_problem"]
 
 
 def yaml_problem(error: yaml.YAMLError | UnicodeDecodeError) -> str:
@@ -115,6 +115,20 @@ def recipe_yaml(recipe: Any, header: str = "") -> str:
     comments = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
     return comments + yaml.dump(_plain(recipe), Dumper=_RecipeDumper, sort_keys=False, default_flow_style=False,
                                 allow_unicode=True)
+
+
+def add_run_flags(parser: Any, seed_help: str) -> None:
+    """The flags every training verb ends with: --device, --dtype, --threads, --seed (what it seeds:
+    `seed_help`), --resume, --quiet. The first four are recipe keys of the same name (`RUN_FLAGS`)."""
+    parser.add_argument("--device", help="cpu, cuda or auto (default auto)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="bfloat16 = autocast (default float32)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: none, PyTorch's own choice)")
+    parser.add_argument("--seed", type=int, help=f"seed for {seed_help} (default 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+RUN_FLAGS = {"device": "device", "dtype": "dtype", "threads": "threads", "seed": "seed"}
 
 
 def recipe_from_args(args: Any, flags: dict[str, str], default_lr: dict[str, float]) -> dict[str, Any]:

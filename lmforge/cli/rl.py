@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.cli.common import report_error
-from lmforge.cli.recipes import recipe_from_args
+from lmforge.cli.recipes import RUN_FLAGS, add_run_flags, recipe_from_args
 
 DEFAULT_FORMAT = r"The answer is -?[\d,]*\d(\.\d+)?\.?$"
 
@@ -76,12 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="a reward or rule check for --eval-prompts (repeatable; default: the trained rewards)")
     parser.add_argument("--save-every", type=int, help="steps between checkpoints (default 0: at the end)")
     parser.add_argument("--out", help="run folder (default runs/rl)")
-    parser.add_argument("--device", help="cpu, cuda or auto (default auto)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="bfloat16 = autocast (default float32)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: none, PyTorch's own choice)")
-    parser.add_argument("--seed", type=int, help="seed for generated prompts, prompt order and sampling (default 0)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_run_flags(parser, "generated prompts, prompt order and sampling")
     parser.set_defaults(func=run)
 
 
@@ -95,7 +90,7 @@ _FLAGS = {
     "scale_rewards": "scale_rewards", "clip_range": "clip_range", "clip_range_high": "clip_range_high", "beta": "beta",
     "kl_target": "kl_target", "lr": "optim.lr", "max_steps": "max_steps", "time_budget": "time_budget_s",
     "eval_items": "eval_items", "eval_every": "eval_every", "eval_prompts": "eval_prompts", "eval_rewards": "eval_rewards",
-    "save_every": "save_every", "out": "out_dir", "device": "device", "dtype": "dtype", "threads": "threads", "seed": "seed",
+    "save_every": "save_every", "out": "out_dir", **RUN_FLAGS,
 }
 
 

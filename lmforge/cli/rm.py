@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 
 from lmforge.cli.common import report_error
-from lmforge.cli.recipes import recipe_from_args
+from lmforge.cli.recipes import RUN_FLAGS, add_run_flags, recipe_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -48,12 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-length", type=int, help="tokens of prompt + completion (default 512)")
     parser.add_argument("--eval-every", type=int, help="steps between held-out evaluations, 0 = at the end (default 50)")
     parser.add_argument("--save-every", type=int, help="steps between checkpoints, 0 = only at the end (default 0)")
-    parser.add_argument("--device", help="cpu, cuda or auto (default auto)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="bfloat16 = autocast (default float32)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: none, PyTorch's own choice)")
-    parser.add_argument("--seed", type=int, help="seed (default 0)")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the run folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_run_flags(parser, "the sampled pairs, the held-out split, data order, the head and dropout")
     parser.set_defaults(func=run)
 
 
@@ -61,8 +56,7 @@ _FLAGS = {
     "model": "model", "data": "data", "val_data": "val_data", "task": "generate.task", "prompts": "generate.prompts",
     "samples": "generate.samples", "method": "method", "rank": "lora.rank", "out": "out_dir", "lr": "optim.lr",
     "epochs": "epochs", "max_steps": "max_steps", "time_budget": "time_budget_s", "batch_size": "batch_size",
-    "max_length": "max_length", "eval_every": "eval_every", "save_every": "save_every", "device": "device",
-    "dtype": "dtype", "threads": "threads", "seed": "seed",
+    "max_length": "max_length", "eval_every": "eval_every", "save_every": "save_every", **RUN_FLAGS,
 }
 
 
