@@ -193,7 +193,8 @@ class RagIndex:
             query = " ".join(words[start: start + rng.randint(3, 8)] + [rng.choice(vocabulary)])  # one unmatched word
             positives.append(self.relevance(query))
             terms = _terms([query])[0]
-            rare = sorted(set(terms), key=lambda t: -self.idf(t))[: max(1, len(set(terms)) // 2)]
+            # ties broken by the term itself: set order changes with the process's hash seed
+            rare = sorted(set(terms), key=lambda t: (-self.idf(t), t))[: max(1, len(set(terms)) // 2)]
             swapped = " ".join(_made_up(rng) if re.sub(r"\W", "", w.lower()) in rare else w for w in query.split())
             negatives.append(self.relevance(swapped))
         cuts = sorted(set(positives + negatives))

@@ -4,6 +4,7 @@ transformers, index files, cited answers from the model, and the CLI."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -89,6 +90,20 @@ def test_bm25_finds_the_fact_and_abstains_on_unknown_names(index):
     assert 0.5 < index.calibration["balanced_accuracy"] <= 1.0
     assert not index.relevant(index.search("Who founded the Brightworks of Zanzibor?", k=3))
     assert index.search("xylophone quasar", k=3) == []
+
+
+def test_calibration_is_the_same_in_every_process(docs):
+    """The threshold does not depend on the hash seed (string sets iterate in a different order
+    in each process)."""
+    code = ("import sys; from lmforge.rag.index import build_index; "
+            "print(build_index([sys.argv[1]], words=12, overlap=2).calibration)")
+    seen = set()
+    for seed in ("1", "2", "3"):
+        run = subprocess.run([sys.executable, "-c", code, str(docs)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "PYTHONHASHSEED": seed})
+        assert run.returncode == 0, run.stderr
+        seen.add(run.stdout.strip())
+    assert len(seen) == 1, seen
 
 
 def test_index_round_trip(index, tmp_path):
