@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SIMILARITY_METRICS", "bleu", "bootstrap_ci", "chrf", "rouge", "similarity_metrics"]
+__all__ = ["SIMILARITY_METRICS", "bleu", "bootstrap_ci", "chrf", "require_metric", "rouge", "similarity_metrics"]
 
 SIMILARITY_METRICS = ("rouge", "bleu", "chrf")
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
@@ -31,6 +31,17 @@ def _require(module: str, package: str) -> Any:
     except ModuleNotFoundError:
         raise ValueError(f"this metric needs the `{package}` package: pip install 'lmforge[eval]' "
                          f"(or pip install {package})") from None
+
+
+_PACKAGES = {"rouge": ("rouge_score.rouge_scorer", "rouge-score"), "bleu": ("sacrebleu", "sacrebleu"),
+             "chrf": ("sacrebleu", "sacrebleu")}
+
+
+def require_metric(metric: str) -> None:
+    """The one-line error of a missing package for `metric` (rouge, bleu, chrf), raised before any
+    answer is generated rather than after; other metrics need nothing beyond lmforge."""
+    if metric in _PACKAGES:
+        _require(*_PACKAGES[metric])
 
 
 def bootstrap_ci(values: Sequence[float] | None = None, *, statistic: Callable[[np.ndarray], float] | None = None,

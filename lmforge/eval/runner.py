@@ -27,7 +27,7 @@ from lmforge.core.sandbox import SandboxConfig
 from lmforge.eval.code import score_code
 from lmforge.eval.extract import exact_match, extract_answer, is_number, numeric_match, strict_match
 from lmforge.eval.judge import Judge, judge_pairwise, judge_rubric
-from lmforge.eval.metrics import SIMILARITY_METRICS, similarity_metrics
+from lmforge.eval.metrics import SIMILARITY_METRICS, require_metric, similarity_metrics
 from lmforge.eval.prompts import (
     chat_messages,
     describe_prompt,
@@ -156,6 +156,7 @@ def _evaluate(model: Transformer, tokenizer: Tokenizer, task: Task, config: Eval
         raise ValueError(f"--cot applies to generation tasks; {task.name} is scored by {task.kind.replace('_', ' ')}")
     if task.kind == "perplexity" and config.shots != (0,):
         raise ValueError("perplexity tasks take no shots")
+    require_metric(task.metric)  # a missing rouge-score or sacrebleu fails now, not after generating
     if task.kind != "perplexity":
         task = task.limited(config.limit)
     started = time.perf_counter()

@@ -4,6 +4,7 @@ jsonl tasks name their metric, the shipped summarize/translate tasks run through
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -78,6 +79,28 @@ def test_bad_inputs():
         similarity_metrics("meteor", ["a"], ["a"])
     with pytest.raises(ValueError, match="no predictions"):
         similarity_metrics("bleu", [], [])
+
+
+@pytest.mark.parametrize("task, module, package", [("summarize", "rouge_score", "rouge-score"),
+                                                   ("translate", "sacrebleu", "sacrebleu")])
+def test_a_missing_metric_package_stops_the_run_before_anything_is_generated(monkeypatch, task, module, package):
+    """Without the `eval` extra (a runtime-only install), the run fails at once in one line naming the
+    package, instead of after generating every answer."""
+    class Untouchable:  # evaluate() may only read and restore the training flag before the check
+        training = False
+
+        def train(self, mode):
+            pass
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the model was used ({name}) before the package check")
+
+    monkeypatch.setitem(sys.modules, module, None)  # `import` of it now raises ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, f"{module}.rouge_scorer" if module == "rouge_score" else module, None)
+    with pytest.raises(ValueError) as error:
+        evaluate(Untouchable(), None, load_task(task), EvalConfig(limit=2))
+    assert str(error.value) == (f"this metric needs the `{package}` package: pip install 'lmforge[eval]' "
+                                f"(or pip install {package})")
 
 
 def test_shipped_tasks_and_their_references():
