@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", help="YAML recipe (see configs/rl-*.yaml) (default: none, the defaults below)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. beta=0.04")
     parser.add_argument("--algo", choices=("grpo", "reinforce", "ppo"), help="default grpo")
-    parser.add_argument("--model", help="known name, GGUF file or model folder (default smollm2-135m-instruct)")
+    parser.add_argument("--model", help="known name, GGUF file, model folder or Hugging Face repository id "
+                        "(default smollm2-135m-instruct)")
     parser.add_argument("--prompts", help="prompt JSONL ({'prompt': text or messages, ...columns}); default: --task")
     parser.add_argument("--task", help="generated task whose train questions are the prompts: add, multiply, count, "
                                        "reverse, convert (default add)")
