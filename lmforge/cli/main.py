@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as error:
-        # User errors (bad files, bad flags, missing packages) get one clear line; --debug adds the traceback.
+    except (ValueError, OSError) as error:
+        # User errors (bad files, bad flags, missing packages, an output folder that cannot be written)
+        # get one clear line; --debug adds the traceback.
         report_error(error, args)
         return 2
 

@@ -74,6 +74,8 @@ BAD_INPUTS = [
     (["scale", "sweep", "--config", "{tmp}/unknown-key.yaml"], "unknown config key(s): bogus_key"),
     (["scale", "fit", "{tmp}/absent"], "{tmp}/absent not found"),
     (["audit", "pii", "--lines", "-5", "--clean"], "the labelled set needs at least one line, got -5"),
+    (["audit", "pii", "--lines", "10", "--clean", "--json", "{tmp}/unknown-key.yaml/out.json"],
+     "File exists: '{tmp}/unknown-key.yaml'"),  # an output under a file: an OSError, reported like the rest
     (["audit", "memorization", "--model", "smollm2-135m-instruct", "--canaries", "{tmp}/absent.jsonl"],
      "canary file {tmp}/absent.jsonl does not exist"),
     (["rag", "index", "{tmp}/absent", "--out", "{tmp}/index"], "{tmp}/absent: no such file or folder"),
