@@ -87,6 +87,8 @@ def run_responsible(args: argparse.Namespace) -> int:
 
     name, _, spec = args.task.partition(":")
     name = name.lower()
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     items = None
     if name == "redteam":
         from lmforge.eval.redteam import read_redteam, redteam_items
