@@ -98,6 +98,8 @@ def run_responsible(args: argparse.Namespace) -> int:
             items = items[:args.limit]
     elif spec:
         raise ValueError("--task bias takes no file; it generates its sentence pairs")
+    elif args.limit is not None:
+        raise ValueError("--limit does not apply to --task bias (it scores every one of its sentence pairs)")
     if args.moderation is not None and name != "redteam":
         raise ValueError("--moderation applies to --task redteam")
     policy = load_policy(args.moderation)

@@ -89,6 +89,7 @@ BAD_INPUTS = [
     (["eval", "--task", "arc_easy", "--data", "{tmp}/absent"], "{tmp}/absent/arc/ARC-Easy-validation.jsonl does not exist"),
     (["eval", "--task", "add", "--limit", "-1"], "limit must be positive, got -1"),
     (["eval", "--task", "redteam", "--limit", "-2"], "--limit must be at least 1, got -2"),
+    (["eval", "--task", "bias", "--limit", "5"], "--limit does not apply to --task bias"),
     (["pretrain", "--config", "{tmp}/unknown-key.yaml"], "unknown config key(s): bogus_key"),
     (["pretrain", "--config", "{tmp}/broken.yaml"], "{tmp}/broken.yaml: invalid YAML (line 2, column 1"),
     (["finetune", "--rank", "0"], "lora.rank must be positive, got 0"),
