@@ -36,6 +36,10 @@ from lmforge.rag.embed import Embedder
 __all__ = ["Chunk", "Hit", "RagIndex", "build_index", "chunk_text", "read_documents"]
 
 FORMAT_VERSION = 1
+# NLTK's English list (bm25s "en_plus"): it holds the question words (who, where, does, have, how)
+# that questions carry and documents rarely do; with the 33-word "en" list they counted as unknown
+# terms and pushed answerable questions under the threshold (bench/rag.py: 41% of them).
+STOPWORDS = "en_plus"
 TEXT_SUFFIXES = (".txt", ".md", ".markdown", ".rst")
 
 
@@ -121,16 +125,18 @@ def chunk_text(text: str, words: int = 120, overlap: int = 30) -> list[str]:
     return [" ".join(tokens[i: i + words]) for i in range(0, max(1, len(tokens) - overlap), step)]
 
 
-def _terms(texts: list[str]) -> list[list[str]]:
-    return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
+def _terms(texts: list[str], stopwords: str = STOPWORDS) -> list[list[str]]:
+    return bm25s.tokenize(texts, stopwords=stopwords, return_ids=False, show_progress=False)
 
 
 # ---------------------------------------------------------------------- the index
 class RagIndex:
     def __init__(self, chunks: list[Chunk], retriever: bm25s.BM25, df: dict[str, int], *,
                  embeddings: torch.Tensor | None = None, embedder_name: str | None = None,
-                 threshold: float = 0.0, calibration: dict[str, Any] | None = None) -> None:
+                 threshold: float = 0.0, calibration: dict[str, Any] | None = None,
+                 stopwords: str = STOPWORDS) -> None:
         self.chunks = chunks
+        self.stopwords = stopwords  # of the index's terms; queries drop the same words
         self.retriever = retriever
         self.df = df
         self.embeddings = embeddings
@@ -147,7 +153,7 @@ class RagIndex:
 
     def bm25(self, query: str, k: int) -> tuple[list[int], list[float], float]:
         """Chunk ids and BM25 scores of the best `k`, and the query's IDF mass."""
-        terms = _terms([query])[0]
+        terms = _terms([query], self.stopwords)[0]
         mass = sum(self.idf(t) for t in terms)
         known = [t for t in terms if t in self.df]
         if not known:
@@ -192,7 +198,7 @@ class RagIndex:
             start = rng.randrange(max(1, len(words) - 8))
             query = " ".join(words[start: start + rng.randint(3, 8)] + [rng.choice(vocabulary)])  # one unmatched word
             positives.append(self.relevance(query))
-            terms = _terms([query])[0]
+            terms = _terms([query], self.stopwords)[0]
             # ties broken by the term itself: set order changes with the process's hash seed
             rare = sorted(set(terms), key=lambda t: (-self.idf(t), t))[: max(1, len(set(terms)) // 2)]
             swapped = " ".join(_made_up(rng) if re.sub(r"\W", "", w.lower()) in rare else w for w in query.split())
@@ -216,7 +222,8 @@ class RagIndex:
                 for chunk in self.chunks:
                     handle.write(json.dumps(asdict(chunk), ensure_ascii=False) + "\n")
             meta = {"format": FORMAT_VERSION, "chunks": len(self.chunks), "threshold": self.threshold,
-                    "calibration": self.calibration, "embedder": self.embedder_name, "df": self.df}
+                    "calibration": self.calibration, "embedder": self.embedder_name, "df": self.df,
+                    "stopwords": self.stopwords}
             (tmp / "index.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
             if self.embeddings is not None:
                 np.save(tmp / "embeddings.npy", self.embeddings.numpy().astype(np.float32))
@@ -245,7 +252,8 @@ class RagIndex:
             if embeddings.shape[0] != len(chunks):
                 raise ValueError(f"{folder}: embeddings.npy has {embeddings.shape[0]} rows for {len(chunks)} chunks")
         return cls(chunks, retriever, meta["df"], embeddings=embeddings, embedder_name=meta.get("embedder"),
-                   threshold=float(meta["threshold"]), calibration=meta.get("calibration"))
+                   threshold=float(meta["threshold"]), calibration=meta.get("calibration"),
+                   stopwords=meta.get("stopwords", "en"))  # "en": indexes written before the field
 
 
 def _made_up(rng: random.Random) -> str:
@@ -264,7 +272,8 @@ def build_index(inputs: list[str], *, words: int = 120, overlap: int = 30, embed
     terms = _terms([c.text for c in chunks])
     df = Counter(t for doc in terms for t in set(doc))
     retriever = bm25s.BM25()
-    retriever.index(bm25s.tokenize([c.text for c in chunks], stopwords="en", show_progress=False), show_progress=False)
+    retriever.index(bm25s.tokenize([c.text for c in chunks], stopwords=STOPWORDS, show_progress=False),
+                    show_progress=False)
     embeddings = embedder.embed([c.text for c in chunks]) if embedder is not None else None
     index = RagIndex(chunks, retriever, dict(df), embeddings=embeddings, embedder_name=embedder_name)
     index.calibrate()

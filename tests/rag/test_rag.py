@@ -92,6 +92,15 @@ def test_bm25_finds_the_fact_and_abstains_on_unknown_names(index):
     assert index.search("xylophone quasar", k=3) == []
 
 
+def test_question_words_do_not_count_as_unknown_terms(index):
+    """Words that questions carry and documents lack (where, does, have, how) are stop words; a
+    made-up name still counts at the largest IDF."""
+    assert index.relevance("Where does the lighthouse of Tembry have its granite?") == \
+        index.relevance("lighthouse Tembry granite")
+    assert index.relevance("How tall is the lighthouse of Tembry?") == index.relevance("tall lighthouse Tembry")
+    assert index.relevance("How tall is the lighthouse of Blorvania?") < index.relevance("tall lighthouse Tembry")
+
+
 def test_calibration_is_the_same_in_every_process(docs):
     """The threshold does not depend on the hash seed (string sets iterate in a different order
     in each process)."""
@@ -110,6 +119,7 @@ def test_index_round_trip(index, tmp_path):
     index.save(tmp_path / "idx")
     loaded = RagIndex.load(tmp_path / "idx")
     assert loaded.threshold == index.threshold and [c.text for c in loaded.chunks] == [c.text for c in index.chunks]
+    assert loaded.stopwords == index.stopwords == "en_plus"
     assert [h.chunk.id for h in loaded.search("lighthouse granite")] == [h.chunk.id for h in index.search("lighthouse granite")]
     with pytest.raises(ValueError, match="not a RAG index"):
         RagIndex.load(tmp_path)
