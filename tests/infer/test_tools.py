@@ -16,6 +16,7 @@ from lmforge.infer.grammar import GrammarCompiler
 from lmforge.infer.tools import (CALCULATOR, CLOSE, OPEN, ToolCall, ToolError, ToolSpec, ToolStream,
                                  calculate, call_tool, chat_many, check_tool_choice, parse_tool_calls, parse_tools,
                                  run_agent, run_python_tool, tool_constraint)
+from tests.infer.test_grammar import random_walk  # uniformly random tokens under a constraint's masks
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Current weather in a city",
@@ -72,19 +73,6 @@ def test_tool_choice_values():
         assert caught.value.param == "tool_choice"
 
 
-def random_call(constraint, tokenizer, rng: random.Random, limit: int = 120) -> str:
-    ids = []
-    for _ in range(limit):
-        choices = constraint.allowed().nonzero().flatten().tolist()
-        if constraint.is_complete() and (not choices or rng.random() < 0.5):
-            break
-        assert choices, f"dead end after {tokenizer.decode(ids)!r}"
-        token = rng.choice(choices)
-        constraint.advance(token)
-        ids.append(token)
-    return tokenizer.decode(ids)
-
-
 @pytest.mark.parametrize("choice, parallel", [("required", True), ("required", False), ("get_weather", True)])
 def test_random_tokens_under_the_call_grammar_are_valid_calls(compiler, smollm, choice, parallel):
     """Uniformly random allowed tokens: always <tool_call> + a JSON list + </tool_call>, each item a
@@ -92,7 +80,7 @@ def test_random_tokens_under_the_call_grammar_are_valid_calls(compiler, smollm, 
     tokenizer = smollm[1]
     for seed in range(3):
         constraint = tool_constraint(compiler, tokenizer, TOOLS, choice, parallel, 120)
-        text = random_call(constraint, tokenizer, random.Random(seed))
+        text = random_walk(constraint, tokenizer, random.Random(seed), 120)
         assert text.startswith(OPEN) and text.endswith(CLOSE), text
         items = json.loads(text[len(OPEN): -len(CLOSE)])
         assert isinstance(items, list) and items and (parallel or len(items) == 1)
@@ -115,7 +103,7 @@ def test_auto_choice_is_free_until_the_opener_then_constrained(compiler, smollm)
     for token in tokenizer.encode(OPEN):
         constraint.advance(token)
     assert constraint.allowed() is not None and not constraint.is_complete()
-    rest = random_call(constraint, tokenizer, random.Random(0))
+    rest = random_walk(constraint, tokenizer, random.Random(0), 120)
     _, calls = parse_tool_calls("Let me check. " + OPEN + rest, TOOLS)
     assert calls and all(c.name in SCHEMAS for c in calls)
 
