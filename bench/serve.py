@@ -21,6 +21,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,7 +141,8 @@ def wait_up(process: subprocess.Popen, url: str, what: str, timeout: float) -> N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"{what} exited: {process.stderr.read()[-2000:]}")
+            process.log.seek(0)
+            raise RuntimeError(f"{what} exited: {process.log.read()[-2000:]}")
         try:
             if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
                 return
@@ -151,14 +153,22 @@ def wait_up(process: subprocess.Popen, url: str, what: str, timeout: float) -> N
     raise RuntimeError(f"{what} did not start within {timeout:.0f} s")
 
 
+def launch(command: list[str], **kwargs) -> subprocess.Popen:
+    """Start a server with its log in a temporary file: a pipe nobody reads fills up (64 KB) and
+    blocks a talkative server (llama.cpp logs the whole model load) before it ever answers."""
+    log = tempfile.TemporaryFile(mode="w+")
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True, **kwargs)
+    process.log = log
+    return process
+
+
 def start_lmforge(capacity: int, threads: int | None, extra_flags: list[str], timeout: float) -> Server:
     port = free_port()
     command = [sys.executable, "-m", "lmforge.cli.main", "serve", "--model", MODEL, "--port", str(port),
                "--max-concurrency", str(capacity), "--log-level", "warning", *extra_flags]
     if threads:
         command += ["--threads", str(threads)]
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, LMFORGE_API_KEY=""))
+    process = launch(command, env=dict(os.environ, LMFORGE_API_KEY=""))
     server = Server("lmforge", f"http://127.0.0.1:{port}", {"ignore_eos": True}, process)
     wait_up(process, server.url, "lmforge serve", timeout)  # includes compiling the decode step
     return server
@@ -176,9 +186,10 @@ def start_llama_cpp(threads: int | None, timeout: float) -> Server:
 
     command = llama_peer.server_command(
         ["--model", str(path), "--model_alias", MODEL, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096",
-         "--n_threads", str(threads), "--n_threads_batch", str(threads)],
+         "--n_threads", str(threads), "--n_threads_batch", str(threads),
+         "--interrupt_requests", "False"],  # its default cuts off a streaming request when the next arrives
         extra_buffers=llama_peer.extra_buffers_work(str(path)))
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = launch(command)
     ban_end = {str(token): -100 for token in sorted(tokenizer.eos_ids)}
     server = Server("llama.cpp", f"http://127.0.0.1:{port}", {"logit_bias": ban_end}, process)
     wait_up(process, server.url, "llama_cpp.server", timeout)
