@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lmforge.data.readers import parse_json_object
+from lmforge.data.readers import jsonl_objects, parse_json_object
 from lmforge.core.files import write_text_atomically
 IGNORE_INDEX = -100  # target value that carries no loss (torch's cross_entropy default)
 CHAT_ROLES = ("system", "user", "assistant")
@@ -84,10 +84,16 @@ def _check_training_messages(messages: Any, where: str) -> tuple[dict[str, str],
     return tuple(out)
 
 
+_CHAT_LINE = "a JSON object with a 'messages' list"
+
+
 def parse_chat_line(text: str, line: int = 0, source: str = "<memory>") -> ChatExample:
     """Validate one JSONL line into a ChatExample (errors name `source:line`)."""
+    return _chat_example(parse_json_object(text, f"{source}:{line}", _CHAT_LINE), line, source)
+
+
+def _chat_example(record: dict, line: int, source: str) -> ChatExample:
     where = f"{source}:{line}"
-    record = parse_json_object(text, where, "a JSON object with a 'messages' list")
     if "messages" not in record:
         raise ValueError(f"{where}: missing 'messages' (keys: {', '.join(sorted(record)) or 'none'})")
     return ChatExample(_check_training_messages(record["messages"], where), source, line)
@@ -99,19 +105,10 @@ def read_chat_jsonl(path: str | os.PathLike, limit: int | None = None) -> list[C
     if not path.is_file():
         raise FileNotFoundError(f"chat data file {path} does not exist")
     examples: list[ChatExample] = []
-    with open(path, "rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if len(raw) > MAX_LINE_BYTES:
-                raise ValueError(f"{path}:{number}: line is longer than {MAX_LINE_BYTES >> 20} MiB")
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{path}:{number}: not UTF-8 ({error.reason} at byte {error.start})") from None
-            if not text.strip():
-                continue
-            examples.append(parse_chat_line(text, number, str(path)))
-            if limit is not None and len(examples) >= limit:
-                break
+    for number, record in jsonl_objects(path, _CHAT_LINE, MAX_LINE_BYTES):
+        examples.append(_chat_example(record, number, str(path)))
+        if limit is not None and len(examples) >= limit:
+            break
     if not examples:
         raise ValueError(f"{path}: no conversations found")
     return examples
