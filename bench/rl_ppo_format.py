@@ -1,6 +1,6 @@
 """RLHF end to end with a rule to check it: a reward model trained on rule-labelled pairs, then PPO.
 
-    python bench/rl_ppo_format.py [--threads 2] [--out runs/ppo-format] [--ppo-steps 60]
+    python bench/rl_ppo_format.py [--threads 2] [--out runs/ppo-format] [--ppo-steps 60] [--reward-model DIR]
 
 The preferred behaviour is one a rule can check: the reply ends with "The answer is N." (N a
 number). The steps, each printed with its figures and time:
@@ -13,11 +13,11 @@ number). The steps, each printed with its figures and time:
             follows it, with the reply stripped of that ending: chosen / rejected by the rule alone.
 3. reward   `lmforge rm` on the pairs (Bradley-Terry, LoRA): held-out pairwise accuracy.
 4. PPO      `lmforge rl --algo ppo` with the reward model as the only reward, beta adapted towards
-            --kl-target. The held-out prompts are scored before and after, greedy, by the reward model
+            --kl-target (half of --kl-bound by default). The held-out prompts are scored before and after, greedy, by the reward model
             and by the rule (the share of replies that follow it): the behaviour, not only the score.
 
 Acceptance: the held-out mean reward and the rule's rate both rise, while the KL to the reference
-(objective/kl, per completion) stays below --kl-target at every step.
+(objective/kl, per completion) stays below --kl-bound at every step.
 """
 
 from __future__ import annotations
@@ -83,9 +83,20 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--beta", type=float, default=0.05, help="initial KL coefficient")
-    parser.add_argument("--kl-target", type=float, default=4.0, help="the KL bound (nats per completion) beta adapts to")
+    parser.add_argument("--beta", type=float, default=0.1, help="initial KL coefficient (default 0.1)")
+    parser.add_argument("--kl-bound", type=float, default=4.0,
+                        help="the KL to the reference (nats per completion) no step may exceed (default 4.0)")
+    parser.add_argument("--kl-target", type=float, default=None,
+                        help="the KL the adaptive beta steers towards (default: half the bound; a controller that "
+                             "tracks a value overshoots it about half the time, so the target sits below the bound)")
+    parser.add_argument("--kl-horizon", type=int, default=None,
+                        help="the controller's horizon in episodes (default 10 steps' worth, so beta can move "
+                             "within a short run; Ziegler et al. used 10,000 for runs of millions of episodes)")
+    parser.add_argument("--reward-model", default=None,
+                        help="an existing reward-model folder: skip steps 2 and 3 (pairs and reward model)")
     args = parser.parse_args()
+    kl_target = args.kl_target if args.kl_target is not None else args.kl_bound / 2
+    kl_horizon = args.kl_horizon if args.kl_horizon is not None else 10 * args.prompts_per_step
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     started = time.perf_counter()
@@ -95,6 +106,44 @@ def main() -> None:
     train_prompts = write_jsonl(out / "prompts_train.jsonl", [prompt_record(i.question, i.answer) for i in train_items])
     held_prompts = write_jsonl(out / "prompts_heldout.jsonl", [prompt_record(i.question, i.answer) for i in held_items])
 
+    if args.reward_model is None:
+        reward_model = pairs_and_reward_model(args, out, train_items, started)
+    else:
+        reward_model = Path(args.reward_model)
+        print(f"reward model: {reward_model} (given; steps 2 and 3 skipped)", flush=True)
+
+    # 4. PPO against it, scored on held-out prompts by the reward model and the rule
+    reward = f"rm:{reward_model}"
+    config = RLConfig.from_dict({
+        "model": args.model, "algo": "ppo", "prompts": str(train_prompts), "rewards": [reward],
+        "eval_prompts": str(held_prompts), "eval_rewards": [reward, "format"], "eval_items": args.heldout,
+        "out_dir": str(out / "ppo"), "prompts_per_step": args.prompts_per_step, "max_new_tokens": args.max_new_tokens,
+        "max_steps": args.ppo_steps, "beta": args.beta, "kl_target": kl_target, "kl_horizon": kl_horizon,
+        "kl_estimator": "k3", "optim": {"lr": args.lr, "weight_decay": 0.0}, "dtype": "bfloat16",
+        "threads": args.threads, "log_every": 1})
+    command = (f"lmforge rl --algo ppo --prompts {train_prompts} --reward {reward} --eval-prompts {held_prompts} "
+               f"--eval-reward {reward} --eval-reward format --eval-items {args.heldout} --prompts-per-step "
+               f"{args.prompts_per_step} --max-new-tokens {args.max_new_tokens} --max-steps {args.ppo_steps} --beta "
+               f"{args.beta} --kl-target {kl_target} --lr {args.lr} --dtype bfloat16 --threads {args.threads} "
+               f"--out {out / 'ppo'} kl_horizon={kl_horizon} kl_estimator=k3")
+    print(f"ppo: {command}", flush=True)
+    mark = time.perf_counter()
+    rewards = build_rewards(config.rewards, config.weights, DEFAULT_FORMAT)
+    result = train_rl(config, rewards, show_progress=False, score=heldout_score(config, DEFAULT_FORMAT))
+    before, after = result.scores_before, result.scores_after
+    kls = [r["objective/kl"] for r in result.history]
+    print(f"ppo: {result.steps} steps in {result.train_seconds:.0f}s of training  [{time.perf_counter() - mark:.0f}s]")
+    print(f"held-out ({after['n']:.0f} prompts, greedy): reward-model score {before[reward]:.3f} -> {after[reward]:.3f}; "
+          f"rule followed {before['format']:.1%} -> {after['format']:.1%}")
+    verdict = "within" if max(kls) < args.kl_bound else "EXCEEDED"
+    print(f"KL to the reference (objective/kl, nats per completion): max {max(kls):.3f}, last {kls[-1]:.3f}; "
+          f"bound {args.kl_bound} {verdict}; controller target {kl_target}, horizon {kl_horizon} episodes; "
+          f"final beta {result.history[-1]['objective/kl_coef']:.4f}")
+    print(f"total {time.perf_counter() - started:.0f}s; curves: {out / 'ppo' / 'rl.png'}")
+
+
+def pairs_and_reward_model(args: argparse.Namespace, out: Path, train_items: list, started: float) -> Path:
+    """Steps 2 and 3: rule-labelled pairs from the model's own replies, and a reward model on them."""
     # 2. pairs from the model's own greedy replies
     model, tokenizer = load_model(args.model)
     pair_items = train_items[:args.pair_prompts]
@@ -123,32 +172,7 @@ def main() -> None:
     print(f"reward model: held-out pairwise accuracy {rm.accuracy_before:.1%} -> {rm.accuracy_after:.1%}, "
           f"{rm.steps} steps -> {rm.reward_model}  [{time.perf_counter() - mark:.0f}s]", flush=True)
 
-    # 4. PPO against it, scored on held-out prompts by the reward model and the rule
-    reward = f"rm:{rm.reward_model}"
-    config = RLConfig.from_dict({
-        "model": args.model, "algo": "ppo", "prompts": str(train_prompts), "rewards": [reward],
-        "eval_prompts": str(held_prompts), "eval_rewards": [reward, "format"], "eval_items": args.heldout,
-        "out_dir": str(out / "ppo"), "prompts_per_step": args.prompts_per_step, "max_new_tokens": args.max_new_tokens,
-        "max_steps": args.ppo_steps, "beta": args.beta, "kl_target": args.kl_target, "kl_horizon": 1000, "kl_estimator": "k3",
-        "optim": {"lr": args.lr, "weight_decay": 0.0}, "dtype": "bfloat16", "threads": args.threads, "log_every": 1})
-    command = (f"lmforge rl --algo ppo --prompts {train_prompts} --reward {reward} --eval-prompts {held_prompts} "
-               f"--eval-reward {reward} --eval-reward format --eval-items {args.heldout} --prompts-per-step "
-               f"{args.prompts_per_step} --max-new-tokens {args.max_new_tokens} --max-steps {args.ppo_steps} --beta "
-               f"{args.beta} --kl-target {args.kl_target} --lr {args.lr} --dtype bfloat16 --threads {args.threads} "
-               f"--out {out / 'ppo'} kl_horizon=1000 kl_estimator=k3")
-    print(f"ppo: {command}", flush=True)
-    mark = time.perf_counter()
-    rewards = build_rewards(config.rewards, config.weights, DEFAULT_FORMAT)
-    result = train_rl(config, rewards, show_progress=False, score=heldout_score(config, DEFAULT_FORMAT))
-    before, after = result.scores_before, result.scores_after
-    kls = [r["objective/kl"] for r in result.history]
-    print(f"ppo: {result.steps} steps in {result.train_seconds:.0f}s of training  [{time.perf_counter() - mark:.0f}s]")
-    print(f"held-out ({after['n']:.0f} prompts, greedy): reward-model score {before[reward]:.3f} -> {after[reward]:.3f}; "
-          f"rule followed {before['format']:.1%} -> {after['format']:.1%}")
-    print(f"KL to the reference (objective/kl, nats per completion): max {max(kls):.3f}, last {kls[-1]:.3f}, "
-          f"bound (kl_target) {args.kl_target}; final beta {result.history[-1]['objective/kl_coef']:.4f}")
-    print(f"total {time.perf_counter() - started:.0f}s; curves: {out / 'ppo' / 'rl.png'}")
-
+    return Path(rm.reward_model)
 
 if __name__ == "__main__":
     main()
