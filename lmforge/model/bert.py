@@ -42,6 +42,7 @@ class BertConfig:
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
     pad_token_id: int = 0
+    mask_token_id: int | None = None  # lmforge models: the extra id after the tokenizer's vocabulary
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,6 +69,9 @@ class BertConfig:
             return cls(**{k: v for k, v in data.items() if k in known})
         except (TypeError, ValueError) as error:
             raise ValueError(f"{where}: {error}") from None
+
+    def replace(self, **changes: Any) -> "BertConfig":
+        return dataclasses.replace(self, **changes)
 
 
 class BertEmbeddings(nn.Module):
