@@ -1,11 +1,23 @@
-"""Decoder-only transformers: the Llama family and GPT-2 style, with a preallocated KV cache.
+"""Decoder-only transformers with a preallocated KV cache: the Llama family (Llama, Mistral,
+Qwen2, SmolLM) and the fused-projection families (GPT-2, Falcon, MPT, BLOOM).
 
 Parameter names follow each family's Hugging Face layout, so checkpoints, peft adapters and parity
 tests need no renaming:
-  llama: model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
-         post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head
-  gpt2:  transformer.{wte, wpe, h.N.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}}, ln_f},
-         lm_head (GPT-2's Conv1D weights are stored transposed by HF; io/hf.py transposes them)
+  llama:  model.embed_tokens, model.layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj,
+          post_attention_layernorm, mlp.{gate,up,down}_proj}, model.norm, lm_head
+  gpt2:   transformer.{wte, wpe, h.N.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}}, ln_f},
+          lm_head (GPT-2's Conv1D weights are stored transposed by HF; io/hf.py transposes them)
+  falcon: transformer.{word_embeddings, h.N.{input_layernorm | ln_attn + ln_mlp,
+          self_attention.{query_key_value, dense}, [post_attention_layernorm], mlp.{dense_h_to_4h,
+          dense_4h_to_h}}, ln_f}, lm_head
+  mpt:    transformer.{wte, blocks.N.{norm_1, attn.{Wqkv, out_proj}, norm_2, ffn.{up_proj, down_proj}},
+          norm_f}, lm_head
+  bloom:  transformer.{word_embeddings, word_embeddings_layernorm, h.N.{input_layernorm,
+          self_attention.{query_key_value, dense}, post_attention_layernorm, mlp.{dense_h_to_4h,
+          dense_4h_to_h}}, ln_f}, lm_head
+The four fused families are one backbone (`FusedBackbone`) configured by a table of names
+(`FUSED_NAMES`) and the ModelConfig: which positions (learned, rotary, ALiBi), how the fused q/k/v
+output is laid out, whether attention and MLP run side by side, which layers carry biases.
 
 Shapes: B batch, T new tokens, S cache slots in use, D model width, H query heads, K kv heads,
 Dh head size, V vocabulary.
@@ -14,6 +26,7 @@ Dh head size, V vocabulary.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -82,7 +95,9 @@ class AttentionInputs:
     positions: torch.Tensor  # [B, T] absolute position of every new token
     uniform: bool  # all rows start at the same slot (slice writes instead of scatter)
     end: int  # slots [0, end) are read back from the cache
-    mask: torch.Tensor | None  # [B, 1, T, S] bool, True = may attend; None -> causal or full
+    # [B, 1, T, S] bool, True = may attend; None -> causal or full. ALiBi models get a float
+    # bias instead, [B, H, T, S]: -slope_h * distance where allowed, -inf elsewhere.
+    mask: torch.Tensor | None
     cache: KVCache | None
     first_row: int = 0
     cos: torch.Tensor | None = None  # [B, T, Dh] rotary tables (llama only)
@@ -91,6 +106,7 @@ class AttentionInputs:
     # tensors, never a layer number, so one compiled block serves every layer.
     kv: tuple[torch.Tensor, torch.Tensor] | None = None
     fold_queries: bool = False  # see attend_each_query (decode_step sets it)
+    window_mask: torch.Tensor | None = None  # like `mask`, for sliding-window layers (None: no window)
 
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
@@ -102,8 +118,10 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs) 
     return x
 
 
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
-    """q [B, H, T, Dh], k/v [B, K, T, Dh] -> [B, H, T, Dh] through the fused SDPA kernel."""
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
+           window: bool = False) -> torch.Tensor:
+    """q [B, H, T, Dh], k/v [B, K, T, Dh] -> [B, H, T, Dh] through the fused SDPA kernel.
+    `window`: this layer uses the sliding window (`inputs.window_mask`, when the model has one)."""
     if inputs.kv is not None:
         k, v = KVCache.write(inputs.kv, inputs, k, v)  # [B, K, S, Dh]
     gqa = q.shape[1] != k.shape[1]
@@ -111,13 +129,16 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionI
     if q.device.type == "cpu" and dtype == torch.bfloat16:
         # PyTorch's fused CPU attention is several times slower in bf16 than in fp32 (measured).
         q, k, v = q.float(), k.float(), v.float()
+    mask = inputs.window_mask if window and inputs.window_mask is not None else inputs.mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(q.dtype)  # an ALiBi bias
     if inputs.fold_queries and q.shape[2] > 1:
-        return attend_each_query(q, k, v, inputs.mask).to(dtype)
-    if inputs.mask is None:
+        return attend_each_query(q, k, v, mask).to(dtype)
+    if mask is None:
         # No mask: either a fresh causal sequence (S == T) or single-token decode over all slots.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1, enable_gqa=gqa)
     else:
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=inputs.mask, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
     return y.to(dtype)
 
 
@@ -159,10 +180,43 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + rotate_half(x) * sin
 
 
+class Rotary(nn.Module):
+    """Rotary tables for every position: cos/sin [L, Dh], non-persistent buffers (built, not loaded)."""
+
+    def __init__(self, theta: float, head_size: int, max_len: int) -> None:
+        super().__init__()
+        self.theta, self.head_size, self.max_len = theta, head_size, max_len
+        self.register_buffer("cos", torch.empty(max_len, head_size), persistent=False)
+        self.register_buffer("sin", torch.empty(max_len, head_size), persistent=False)
+        self.reset()
+
+    def reset(self) -> None:
+        """Fill the tables (in float64 for accuracy, stored as float32); a no-op on the meta device."""
+        device = self.cos.device
+        if device.type == "meta":
+            return
+        exponents = torch.arange(0, self.head_size, 2, dtype=torch.float64, device=device) / self.head_size
+        inv_freq = 1.0 / (self.theta ** exponents)  # [Dh/2]
+        angles = torch.outer(torch.arange(self.max_len, dtype=torch.float64, device=device), inv_freq)  # [L, Dh/2]
+        angles = torch.cat((angles, angles), dim=-1)  # [L, Dh]
+        self.cos = angles.cos().float()
+        self.sin = angles.sin().float()
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions [B, T] -> cos, sin [B, T, Dh]."""
+        return self.cos[positions].to(dtype), self.sin[positions].to(dtype)
+
+
+def uses_window(config: ModelConfig, layer: int) -> bool:
+    """Whether layer `layer` attends through the sliding window."""
+    return config.sliding_window is not None and layer >= config.sliding_window_from
+
+
 class LlamaAttention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
+        self.sliding = uses_window(config, layer)
         self.n_heads, self.n_kv, self.head_size = config.n_heads, config.kv_heads, config.head_size
         self.q_proj = nn.Linear(config.dim, self.n_heads * self.head_size, bias=config.attn_bias)
         self.k_proj = nn.Linear(config.dim, self.n_kv * self.head_size, bias=config.attn_bias)
@@ -183,7 +237,7 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, inputs.cos, inputs.sin)
         k = apply_rotary(k, inputs.cos, inputs.sin)
-        y = attend(q, k, v, inputs)  # [B, H, T, Dh]
+        y = attend(q, k, v, inputs, window=self.sliding)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # [B, T, D]
 
 
@@ -217,103 +271,209 @@ class LlamaBackbone(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(LlamaBlock(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.rope_theta, self.head_size, self.max_seq_len = config.rope_theta, config.head_size, config.max_seq_len
-        self.register_buffer("rope_cos", torch.empty(config.max_seq_len, config.head_size), persistent=False)
-        self.register_buffer("rope_sin", torch.empty(config.max_seq_len, config.head_size), persistent=False)
-        self.reset_rope()
-
-    def reset_rope(self) -> None:
-        """Fill the rotary tables (in float64 for accuracy, stored as float32)."""
-        device = self.rope_cos.device
-        if device.type == "meta":
-            return
-        exponents = torch.arange(0, self.head_size, 2, dtype=torch.float64, device=device) / self.head_size
-        inv_freq = 1.0 / (self.rope_theta ** exponents)  # [Dh/2]
-        angles = torch.outer(torch.arange(self.max_seq_len, dtype=torch.float64, device=device), inv_freq)  # [L, Dh/2]
-        angles = torch.cat((angles, angles), dim=-1)  # [L, Dh]
-        self.rope_cos = angles.cos().float()
-        self.rope_sin = angles.sin().float()
+        self.rotary = Rotary(config.rope_theta, config.head_size, config.max_seq_len)
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
         x = self.embed_tokens(ids)  # [B, T, D]
-        inputs.cos = self.rope_cos[positions].to(x.dtype)  # [B, T, Dh]
-        inputs.sin = self.rope_sin[positions].to(x.dtype)
+        inputs.cos, inputs.sin = self.rotary(positions, x.dtype)  # [B, T, Dh] each
         return self.norm(run_blocks(self.layers, x, inputs))
 
 
 # --------------------------------------------------------------------------------------------
-# GPT-2 style
+# Fused-projection families: GPT-2, Falcon, MPT, BLOOM
 # --------------------------------------------------------------------------------------------
-class GPT2Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+@dataclass(frozen=True)
+class FusedNames:
+    """Hugging Face attribute names of one fused family's modules (None: the family has none)."""
+
+    embed: str
+    layers: str
+    final_norm: str
+    attn_norm: str
+    mlp_norm: str | None
+    attn: str
+    qkv: str
+    out: str
+    mlp: str
+    up: str
+    down: str
+    positions: str | None = None  # learned position embeddings (GPT-2)
+    embed_norm: str | None = None  # LayerNorm right after the embedding (BLOOM)
+
+
+_BLOOM_LIKE = dict(layers="h", final_norm="ln_f", attn_norm="input_layernorm", mlp_norm="post_attention_layernorm",
+                   attn="self_attention", qkv="query_key_value", out="dense", mlp="mlp", up="dense_h_to_4h",
+                   down="dense_4h_to_h", embed="word_embeddings")
+FUSED_NAMES = {
+    "gpt2": FusedNames(embed="wte", positions="wpe", layers="h", final_norm="ln_f", attn_norm="ln_1", mlp_norm="ln_2",
+                       attn="attn", qkv="c_attn", out="c_proj", mlp="mlp", up="c_fc", down="c_proj"),
+    "mpt": FusedNames(embed="wte", layers="blocks", final_norm="norm_f", attn_norm="norm_1", mlp_norm="norm_2",
+                      attn="attn", qkv="Wqkv", out="out_proj", mlp="ffn", up="up_proj", down="down_proj"),
+    "bloom": FusedNames(**_BLOOM_LIKE, embed_norm="word_embeddings_layernorm"),
+    "falcon": FusedNames(**_BLOOM_LIKE),  # sequential blocks; see fused_names for the parallel ones
+}
+
+
+def fused_names(config: ModelConfig) -> FusedNames:
+    """The names for `config`: Falcon's parallel blocks have one shared norm or ln_attn + ln_mlp."""
+    names = FUSED_NAMES[config.family]
+    if config.parallel_block and config.parallel_norms == 2:
+        return dataclasses.replace(names, attn_norm="ln_attn", mlp_norm="ln_mlp")
+    if config.parallel_block:
+        return dataclasses.replace(names, mlp_norm=None)
+    return names
+
+
+class FusedAttention(nn.Module):
+    """Attention whose q, k, v come out of one projection. Its output [B, T, (H + 2K) * Dh] is laid out
+      - by blocks: [all queries | all keys | all values] (GPT-2, MPT), or
+      - by groups: K groups of [H/K query heads, 1 key head, 1 value head] (Falcon, whose multi-query
+        layout is K = 1; BLOOM and Falcon-7B's predecessors are K = H: [q, k, v] per head).
+    Positions come from rotary tables (Falcon) or from the ALiBi bias in the mask (MPT, BLOOM)."""
+
+    def __init__(self, config: ModelConfig, names: FusedNames, layer: int) -> None:
         super().__init__()
         self.layer = layer
-        self.n_heads, self.head_size = config.n_heads, config.head_size
-        self.c_attn = nn.Linear(config.dim, 3 * config.dim, bias=True)  # fused q, k, v
-        self.c_proj = nn.Linear(config.dim, config.dim, bias=True)
+        self.n_heads, self.n_kv, self.head_size = config.n_heads, config.kv_heads, config.head_size
+        self.grouped = config.family in ("falcon", "bloom")
+        self.rotary = config.rotary
+        self.sliding = uses_window(config, layer)
+        self.qkv_name, self.out_name = names.qkv, names.out
+        bias = config.fused_biases[0]
+        width = (self.n_heads + 2 * self.n_kv) * self.head_size
+        self.add_module(names.qkv, nn.Linear(config.dim, width, bias=bias))
+        self.add_module(names.out, nn.Linear(self.n_heads * self.head_size, config.dim, bias=bias))
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = self.c_attn(x).split(D, dim=-1)  # 3 x [B, T, D]
-        q, k, v = (t.view(B, T, self.n_heads, self.head_size).transpose(1, 2) for t in (q, k, v))  # [B, H, T, Dh]
-        y = attend(q, k, v, inputs)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, D))
+        B, T, _ = x.shape
+        H, K, Dh = self.n_heads, self.n_kv, self.head_size
+        qkv = getattr(self, self.qkv_name)(x)  # [B, T, (H + 2K) * Dh]
+        if self.grouped:
+            groups = qkv.view(B, T, K, H // K + 2, Dh)
+            q = groups[:, :, :, :-2].reshape(B, T, H, Dh)
+            k, v = groups[:, :, :, -2], groups[:, :, :, -1]  # [B, T, K, Dh]
+        else:
+            q, k, v = qkv.split((H * Dh, K * Dh, K * Dh), dim=-1)
+            q, k, v = q.view(B, T, H, Dh), k.view(B, T, K, Dh), v.view(B, T, K, Dh)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H or K, T, Dh]
+        if self.rotary:
+            q = apply_rotary(q, inputs.cos, inputs.sin)
+            k = apply_rotary(k, inputs.cos, inputs.sin)
+        y = attend(q, k, v, inputs, window=self.sliding)  # [B, H, T, Dh]
+        return getattr(self, self.out_name)(y.transpose(1, 2).reshape(B, T, H * Dh))  # [B, T, D]
 
 
-class GPT2MLP(nn.Module):
-    def __init__(self, config: ModelConfig) -> None:
+class GeluMLP(nn.Module):
+    """up -> GELU -> down (tanh-approximated GELU for GPT-2 and BLOOM, exact for Falcon and MPT)."""
+
+    def __init__(self, config: ModelConfig, names: FusedNames) -> None:
         super().__init__()
-        self.c_fc = nn.Linear(config.dim, config.hidden_dim, bias=True)
-        self.c_proj = nn.Linear(config.hidden_dim, config.dim, bias=True)
+        bias = config.fused_biases[1]
+        self.up_name, self.down_name = names.up, names.down
+        self.approximate = "tanh" if config.family in ("gpt2", "bloom") else "none"
+        self.add_module(names.up, nn.Linear(config.dim, config.hidden_dim, bias=bias))
+        self.add_module(names.down, nn.Linear(config.hidden_dim, config.dim, bias=bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        hidden = F.gelu(getattr(self, self.up_name)(x), approximate=self.approximate)  # [B, T, F]
+        return getattr(self, self.down_name)(hidden)  # [B, T, D]
 
 
-class GPT2Block(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int) -> None:
+def layer_norm(config: ModelConfig) -> nn.LayerNorm:
+    return nn.LayerNorm(config.dim, eps=config.norm_eps, bias=config.fused_biases[2])
+
+
+class FusedBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm1(x)), then + mlp(norm2(.)); with `parallel_block`
+    (Falcon) both read the block input: x + attn(norm1(x)) + mlp(norm2(x) or norm1(x))."""
+
+    def __init__(self, config: ModelConfig, names: FusedNames, layer: int) -> None:
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        self.attn = GPT2Attention(config, layer)
-        self.ln_2 = nn.LayerNorm(config.dim, eps=config.norm_eps)
-        self.mlp = GPT2MLP(config)
+        self.parallel = config.parallel_block
+        self.names = names
+        self.add_module(names.attn_norm, layer_norm(config))
+        self.add_module(names.attn, FusedAttention(config, names, layer))
+        if names.mlp_norm is not None:
+            self.add_module(names.mlp_norm, layer_norm(config))
+        self.add_module(names.mlp, GeluMLP(config, names))
 
     def forward(self, x: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), inputs)
-        return x + self.mlp(self.ln_2(x))
+        names = self.names
+        attention, mlp = getattr(self, names.attn), getattr(self, names.mlp)
+        normed = getattr(self, names.attn_norm)(x)  # [B, T, D]
+        if self.parallel:
+            mlp_in = getattr(self, names.mlp_norm)(x) if names.mlp_norm is not None else normed
+            return x + attention(normed, inputs) + mlp(mlp_in)
+        x = x + attention(normed, inputs)
+        return x + mlp(getattr(self, names.mlp_norm)(x))
 
 
-class GPT2Backbone(nn.Module):
+class FusedBackbone(nn.Module):
+    """Embedding (+ learned positions, + LayerNorm) -> fused blocks -> final LayerNorm."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.wte = nn.Embedding(config.vocab_size, config.dim)
-        self.wpe = nn.Embedding(config.max_seq_len, config.dim)
-        self.h = nn.ModuleList(GPT2Block(config, i) for i in range(config.n_layers))
-        self.ln_f = nn.LayerNorm(config.dim, eps=config.norm_eps)
+        self.names = names = fused_names(config)
+        self.add_module(names.embed, nn.Embedding(config.vocab_size, config.dim))
+        if names.positions is not None:
+            self.add_module(names.positions, nn.Embedding(config.max_seq_len, config.dim))
+        if names.embed_norm is not None:
+            self.add_module(names.embed_norm, layer_norm(config))
+        self.add_module(names.layers, nn.ModuleList(FusedBlock(config, names, i) for i in range(config.n_layers)))
+        self.add_module(names.final_norm, layer_norm(config))
+        self.rotary = Rotary(config.rope_theta, config.head_size, config.max_seq_len) if config.rotary else None
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, inputs: AttentionInputs) -> torch.Tensor:
-        x = self.wte(ids) + self.wpe(positions)  # [B, T, D]
-        return self.ln_f(run_blocks(self.h, x, inputs))
+        names = self.names
+        x = getattr(self, names.embed)(ids)  # [B, T, D]
+        if names.positions is not None:
+            x = x + getattr(self, names.positions)(positions)
+        if names.embed_norm is not None:
+            x = getattr(self, names.embed_norm)(x)
+        if self.rotary is not None:
+            inputs.cos, inputs.sin = self.rotary(positions, x.dtype)  # [B, T, Dh] each
+        return getattr(self, names.final_norm)(run_blocks(getattr(self, names.layers), x, inputs))
+
+
+def alibi_slopes(config: ModelConfig) -> torch.Tensor:
+    """ALiBi's per-head slope [H]: the bias of a key d positions back is -slope * d.
+
+    For H a power of two both families use 2^(-8h/H), h = 1..H. Otherwise BLOOM takes the slopes of
+    the nearest lower power of two P and adds every other slope of 2P; MPT takes the slopes of the
+    next power of two P (with alibi_bias_max in place of 8) and keeps the odd ones, then the even ones.
+    """
+    H = config.n_heads
+    if config.family == "mpt":
+        P = 2 ** math.ceil(math.log2(H))
+        slopes = 2.0 ** (-torch.arange(1, P + 1, dtype=torch.float64) * (config.alibi_bias_max / P))
+        if P != H:
+            slopes = torch.cat((slopes[1::2], slopes[::2]))[:H]
+        return slopes.float()
+    P = 2 ** math.floor(math.log2(H))
+    slopes = 2.0 ** (-8.0 / P * torch.arange(1, P + 1, dtype=torch.float64))
+    if P != H:
+        extra = 2.0 ** (-8.0 / (2 * P) * torch.arange(1, 2 * (H - P), 2, dtype=torch.float64))
+        slopes = torch.cat((slopes, extra))
+    return slopes.float()
 
 
 # --------------------------------------------------------------------------------------------
 # The language model
 # --------------------------------------------------------------------------------------------
 class Transformer(nn.Module):
-    """ids -> next-token logits, for either family, with or without a KV cache."""
+    """ids -> next-token logits, for any family, with or without a KV cache."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         if config.family == "llama":
             self.model = LlamaBackbone(config)
-            embedding = self.model.embed_tokens
         else:
-            self.transformer = GPT2Backbone(config)
-            embedding = self.transformer.wte
+            self.transformer = FusedBackbone(config)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
-            self.lm_head.weight = embedding.weight
+            self.lm_head.weight = self.embedding.weight
+        self.register_buffer("alibi", alibi_slopes(config) if config.alibi else None, persistent=False)
 
     @property
     def backbone(self) -> nn.Module:
@@ -321,7 +481,22 @@ class Transformer(nn.Module):
 
     @property
     def embedding(self) -> nn.Embedding:
-        return self.model.embed_tokens if self.config.family == "llama" else self.transformer.wte
+        if self.config.family == "llama":
+            return self.model.embed_tokens
+        return getattr(self.transformer, self.transformer.names.embed)
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The blocks, in order (`model.layers`, `transformer.h` or `transformer.blocks`)."""
+        if self.config.family == "llama":
+            return self.model.layers
+        return getattr(self.transformer, self.transformer.names.layers)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        if self.config.family == "llama":
+            return self.model.norm
+        return getattr(self.transformer, self.transformer.names.final_norm)
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: dict[str, torch.Tensor],
@@ -365,17 +540,19 @@ class Transformer(nn.Module):
             model = quantize_model(model, "int8" if quant == "int8" else "int4", packed=packed,
                                    keep_float=quant in ("none", "auto"), inplace=True,
                                    compute_dtype=compute_dtype, activation_dtype=dtype)
-        if config.family == "llama":  # non-persistent rotary tables are still on the meta device
-            model.model.rope_cos = torch.empty(config.max_seq_len, config.head_size)
-            model.model.rope_sin = torch.empty(config.max_seq_len, config.head_size)
-            model.model.reset_rope()
+        for module in model.modules():  # non-persistent tables are still on the meta device
+            if isinstance(module, Rotary):
+                module.cos = torch.empty(config.max_seq_len, config.head_size)
+                module.sin = torch.empty(config.max_seq_len, config.head_size)
+                module.reset()
+        if config.alibi:
+            model.alibi = alibi_slopes(config)
         return model.to(device).eval()
 
     @property
     def activation_dtype(self) -> torch.dtype:
         """The dtype hidden states flow in (that of the final norm's weight)."""
-        norm = self.model.norm if self.config.family == "llama" else self.transformer.ln_f
-        return norm.weight.dtype
+        return self.final_norm.weight.dtype
 
     def new_cache(self, rows: int, max_len: int | None = None, dtype: torch.dtype | None = None) -> KVCache:
         return KVCache(self.config, rows, max_len or self.config.max_seq_len, dtype or self.activation_dtype,
@@ -429,8 +606,14 @@ class Transformer(nn.Module):
             mask = (key_slot[None, None, :] <= positions[:, :, None])[:, None]  # [B, 1, T, S]
         elif starts[0] > 0 and T > 1:
             mask = causal_mask(starts[0], T, ids.device)[None, None]  # [1, 1, T, S]
+        if mask is None and (self.config.sliding_window is not None or self.config.alibi):
+            mask = causal_mask(starts[0], T, ids.device)[None, None]  # [1, 1, T, S]: both need it spelled out
+        # Query and key slots: distances for the window and ALiBi (positions restart per document,
+        # slots do not; within a document the distances agree).
+        query_slots = steps.expand(B, T) if segment_ids is not None else positions  # [B, T]
+        mask, window_mask = self.position_masks(mask, query_slots, torch.arange(end, device=ids.device))
         inputs = AttentionInputs(starts=starts, positions=positions, uniform=uniform, end=end, mask=mask,
-                                 cache=cache, first_row=first_row)
+                                 cache=cache, first_row=first_row, window_mask=window_mask)
         hidden = self.backbone(ids, positions, inputs)  # [B, T, D]
         if not head:
             return hidden
@@ -463,9 +646,30 @@ class Transformer(nn.Module):
             slots = cache.max_len
         key_slot = torch.arange(slots, device=ids.device) if isinstance(slots, int) else slots
         mask = (key_slot <= positions[:, :, None])[:, None]  # [B, 1, T, S]
+        mask, window_mask = self.position_masks(mask, positions, key_slot)
         inputs = AttentionInputs(starts=[], positions=positions, uniform=False, end=key_slot.shape[0], mask=mask,
-                                 cache=cache, fold_queries=True)
+                                 cache=cache, fold_queries=True, window_mask=window_mask)
         return self.head_logits(self.backbone(ids, positions, inputs))
+
+    def position_masks(self, mask: torch.Tensor | None, query_slots: torch.Tensor,
+                       key_slots: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The masks for full and sliding-window layers, from the causal/padding mask [B|1, 1, T, S]
+        (None = plain causal, only for models with neither window nor ALiBi).
+
+        With a window W, a query at slot q sees keys at slots q - W < k <= q. With ALiBi, masks turn
+        into float biases [B, H, T, S]: -slope_h * (q - k) where allowed, -inf elsewhere."""
+        if mask is None:
+            return None, None
+        distance = query_slots[:, None, :, None] - key_slots  # [B, 1, T, S]
+        window_mask = None
+        if self.config.sliding_window is not None:
+            window_mask = mask & (distance < self.config.sliding_window)
+        if self.alibi is not None:
+            bias = -self.alibi.float()[:, None, None] * distance  # [B, H, T, S]
+            mask = torch.where(mask, bias, float("-inf"))
+            if window_mask is not None:
+                window_mask = torch.where(window_mask, bias, float("-inf"))
+        return mask, window_mask
 
 
 def causal_mask(start: int, T: int, device: torch.device) -> torch.Tensor:
@@ -473,6 +677,11 @@ def causal_mask(start: int, T: int, device: torch.device) -> torch.Tensor:
     query_slot = torch.arange(start, start + T, device=device)[:, None]
     key_slot = torch.arange(start + T, device=device)[None, :]
     return key_slot <= query_slot
+
+
+# The projections that write into the residual stream, in every family's names.
+RESIDUAL_PROJECTIONS = ("o_proj.weight", "down_proj.weight", "c_proj.weight", "out_proj.weight", "dense.weight",
+                        "dense_4h_to_h.weight")
 
 
 def init_weights(model: Transformer, seed: int | None = None) -> None:
@@ -484,6 +693,6 @@ def init_weights(model: Transformer, seed: int | None = None) -> None:
             with torch.no_grad():
                 param.copy_(torch.ones_like(param) if name.endswith("weight") else torch.zeros_like(param))
             continue
-        std = residual_std if name.endswith(("o_proj.weight", "down_proj.weight", "c_proj.weight")) else 0.02
+        std = residual_std if name.endswith(RESIDUAL_PROJECTIONS) else 0.02
         with torch.no_grad():
             param.copy_(torch.randn(param.shape, generator=generator) * std)

@@ -69,7 +69,7 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo) -> nn.Module:
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.backbone.layers if hasattr(model.backbone, "layers") else model.backbone.h:
+        for block in model.layers:
             fully_shard(block)
         fully_shard(model)
         return model
