@@ -5,9 +5,16 @@ and a *name* for the pre-tokenizer (`tokenizer.ggml.pre`) whose meaning lives in
 source. We translate that name into the equivalent `tokenizers` pre-tokenizer so that our ids
 match what llama.cpp (and the model's original tokenizer.json) produce.
 
-Only byte-level BPE (`tokenizer.ggml.model == "gpt2"`) is supported. The input is a plain mapping
-of GGUF key -> Python value (arrays as lists), e.g. `lmforge.io.gguf_validate.open_gguf(path).metadata`.
-Everything is validated first, so a malformed file fails with a `ValueError` naming the field.
+Two vocabulary kinds are supported:
+  - byte-level BPE (`tokenizer.ggml.model == "gpt2"`): tokens, merges, a pre-tokenizer name;
+  - SentencePiece BPE (`"llama"`: Llama 2, Mistral 7B, TinyLlama): tokens with scores, `<0xNN>`
+    byte-fallback tokens, spaces as `▁`. The file has no merges: SentencePiece merges the adjacent
+    pair whose joined piece scores highest, so the merges are rebuilt from the scores (every split
+    of a piece into two pieces, ranked by the piece's score) and `tokenizers`' BPE with
+    byte_fallback reproduces llama.cpp's ids.
+The input is a plain mapping of GGUF key -> Python value (arrays as lists), e.g.
+`lmforge.io.gguf_validate.open_gguf(path).metadata`. Everything is validated first, so a malformed
+file fails with a `ValueError` naming the field.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as HFTokenizer
 
 __all__ = [
@@ -81,6 +88,7 @@ _QWEN2 = _PreSpec(splits=(_QWEN2_SPLIT,), gpt2_regex=False)
 _TEKKEN = _PreSpec(splits=(_TEKKEN_SPLIT,), gpt2_regex=False, ignore_merges=True, add_bos=True)
 _GPT4O = _PreSpec(splits=(_GPT4O_SPLIT,), gpt2_regex=False)
 _DEFAULT = _PreSpec(splits=_DEFAULT_SPLITS, gpt2_regex=False)
+_SENTENCEPIECE = _PreSpec(add_bos=True)  # llama.cpp adds BOS for SentencePiece vocabularies by default
 
 # `tokenizer.ggml.pre` names -> family, following llama.cpp's llama_vocab::load. Names we do not
 # list are refused rather than guessed: a wrong split silently changes every id.
@@ -122,6 +130,8 @@ class GGUFTokenizerInfo:
     pad_id: int | None
     add_bos: bool
     chat_template: str | None
+    add_eos: bool = False
+    sentencepiece: bool = False  # tokenizer.ggml.model "llama"
 
 
 def _require_str_list(meta: Mapping[str, Any], key: str) -> list[str]:
@@ -163,17 +173,15 @@ def _check_model(meta: Mapping[str, Any]) -> None:
     model = meta.get("tokenizer.ggml.model")
     if model is None:
         raise ValueError("GGUF tokenizer metadata: missing tokenizer.ggml.model")
-    if model == "gpt2":
+    if model in ("gpt2", "llama"):
         return
-    if model == "llama":
-        raise ValueError(
-            "GGUF tokenizer metadata: tokenizer.ggml.model='llama' (SentencePiece) is not supported yet; "
-            "only byte-level BPE ('gpt2') vocabularies can be loaded"
-        )
-    raise ValueError(f"GGUF tokenizer metadata: unsupported tokenizer.ggml.model={model!r} (supported: 'gpt2')")
+    raise ValueError(f"GGUF tokenizer metadata: tokenizer.ggml.model={model!r} is not supported "
+                     "(supported: 'gpt2' byte-level BPE, 'llama' SentencePiece BPE)")
 
 
 def _pre_spec(meta: Mapping[str, Any]) -> _PreSpec:
+    if meta.get("tokenizer.ggml.model") == "llama":
+        return _SENTENCEPIECE  # SentencePiece has no pre-tokenizer name; llama.cpp ignores the key
     pre = meta.get("tokenizer.ggml.pre")
     if pre is None:
         # llama.cpp falls back to "default" (with a loud warning); so do we, rather than refuse old files.
@@ -249,6 +257,7 @@ def gguf_tokenizer_info(meta: Mapping[str, Any]) -> GGUFTokenizerInfo:
     types = _token_types(meta, n)
     ids = {name: _optional_id(meta, f"tokenizer.ggml.{name}_token_id", n) for name in _ID_KEYS}
     add_bos = _optional_bool(meta, "tokenizer.ggml.add_bos_token")
+    add_eos = _optional_bool(meta, "tokenizer.ggml.add_eos_token")
     template = meta.get("tokenizer.chat_template")
     if template is not None and not isinstance(template, str):
         raise ValueError("GGUF tokenizer metadata: tokenizer.chat_template must be a string")
@@ -263,6 +272,8 @@ def gguf_tokenizer_info(meta: Mapping[str, Any]) -> GGUFTokenizerInfo:
         pad_id=ids["padding"],
         add_bos=spec.add_bos if add_bos is None else add_bos,
         chat_template=template or None,
+        add_eos=bool(add_eos),
+        sentencepiece=meta.get("tokenizer.ggml.model") == "llama",
     )
 
 
@@ -274,23 +285,25 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> HFTokenizer:
     No post-processor is attached: BOS is added by the caller (`lmforge.tokenizer.Tokenizer`).
     """
     info = gguf_tokenizer_info(meta)
-    spec = _pre_spec(meta)
     tokens = list(info.tokens)
     vocab = _vocab(tokens)
-    merges = _merges(meta, vocab)
-
-    # No unk_token: a complete byte-level vocabulary can spell any input, and llama.cpp has no
-    # <unk> fallback for BPE either.
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=spec.ignore_merges))
-    tok.pre_tokenizer = _pre_tokenizer(spec)
-    tok.decoder = decoders.ByteLevel()
+    if info.sentencepiece:
+        tok = _sentencepiece_tokenizer(meta, info, vocab)
+    else:
+        spec = _pre_spec(meta)
+        merges = _merges(meta, vocab)
+        # No unk_token: a complete byte-level vocabulary can spell any input, and llama.cpp has no
+        # <unk> fallback for BPE either.
+        tok = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=spec.ignore_merges))
+        tok.pre_tokenizer = _pre_tokenizer(spec)
+        tok.decoder = decoders.ByteLevel()
 
     # Added tokens keep the file's own spelling, which is also their vocab key, so `tokenizers`
     # reuses the existing id instead of growing the vocabulary.
     special = [
         AddedToken(token, special=True, normalized=False)
         for token, kind in zip(tokens, info.token_types)
-        if kind == TOKEN_CONTROL and token
+        if kind in (TOKEN_CONTROL, TOKEN_UNKNOWN) and token
     ]
     user = [
         AddedToken(token, special=False, normalized=False)
@@ -301,4 +314,69 @@ def tokenizer_from_gguf_metadata(meta: Mapping[str, Any]) -> HFTokenizer:
         tok.add_special_tokens(special)
     if user:
         tok.add_tokens(user)
+    return tok
+
+
+# --------------------------------------------------------------------------------------------
+# SentencePiece BPE ("llama")
+# --------------------------------------------------------------------------------------------
+SPACE = "\u2581"  # ▁, SentencePiece's visible space
+
+
+def _scores(meta: Mapping[str, Any], n_tokens: int) -> list[float]:
+    key = "tokenizer.ggml.scores"
+    value = meta.get(key)
+    if value is None:
+        raise ValueError(f"GGUF tokenizer metadata: missing {key} (a SentencePiece vocabulary is ranked by its scores)")
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != n_tokens:
+        raise ValueError(f"GGUF tokenizer metadata: {key} must hold one number per token ({n_tokens})")
+    for index, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item != item:
+            raise ValueError(f"GGUF tokenizer metadata: {key}[{index}]={item!r} is not a number")
+    return [float(v) for v in value]
+
+
+def sentencepiece_merges(tokens: Sequence[str], scores: Sequence[float], mergeable: Sequence[bool]) -> list[tuple[str, str]]:
+    """BPE merges equivalent to SentencePiece's rule (join the adjacent pair whose result scores
+    highest): every split of a mergeable piece into two vocabulary pieces, best-scoring piece first
+    (ties: lower id first, then the shorter left part, as SentencePiece's vocabulary order)."""
+    ids = {token: index for index, token in enumerate(tokens) if mergeable[index]}
+    ranked = []
+    for piece, index in ids.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in ids and right in ids:
+                ranked.append((-scores[index], index, cut, left, right))
+    ranked.sort()
+    return [(left, right) for *_, left, right in ranked]
+
+
+def _sentencepiece_tokenizer(meta: Mapping[str, Any], info: GGUFTokenizerInfo, vocab: dict[str, int]) -> HFTokenizer:
+    """BPE with byte fallback over the GGUF's pieces, spaces written as ▁ and one ▁ prepended to the
+    text (unless `tokenizer.ggml.add_space_prefix` is false), as Llama 2's tokenizer.json does."""
+    tokens = info.tokens
+    scores = _scores(meta, len(tokens))
+    unknown = [i for i, kind in enumerate(info.token_types) if kind == TOKEN_UNKNOWN]
+    unk_id = info.unk_id if info.unk_id is not None else (unknown[0] if unknown else None)
+    for byte in range(256):
+        if f"<0x{byte:02X}>" not in vocab and unk_id is None:
+            raise ValueError(f"GGUF tokenizer metadata: SentencePiece vocabulary lacks the byte token <0x{byte:02X}> "
+                             "and has no unknown token to fall back to")
+    mergeable = [kind in (TOKEN_NORMAL, TOKEN_USER_DEFINED) for kind in info.token_types]
+    merges = sentencepiece_merges(tokens, scores, mergeable)
+    model = models.BPE(vocab=vocab, merges=merges, unk_token=tokens[unk_id] if unk_id is not None else None,
+                       fuse_unk=True, byte_fallback=True)
+    tok = HFTokenizer(model)
+    prefix = _optional_bool(meta, "tokenizer.ggml.add_space_prefix")
+    prefix = True if prefix is None else prefix
+    # llama.cpp writes every space as ▁ and prepends one ▁ to each piece of text (the text, and what
+    # follows a special token), even one that starts with a space: Llama 2's own tokenizer.json
+    # normalizer. (The Metaspace pre-tokenizer skips the prefix before a leading space, so " a"
+    # would lose its space in a round trip.)
+    steps_in = [normalizers.Prepend(SPACE)] if prefix else []
+    tok.normalizer = normalizers.Sequence(steps_in + [normalizers.Replace(" ", SPACE)])
+    steps = [decoders.Replace(SPACE, " "), decoders.ByteFallback(), decoders.Fuse()]
+    if prefix:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tok.decoder = decoders.Sequence(steps)
     return tok

@@ -265,3 +265,130 @@ def test_embedded_model_as_stored_gives_the_dequantized_logits(smollm_gguf, smol
     ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
     with torch.no_grad():
         assert (model(ids) - smollm[0](ids)).abs().max() < 1e-3
+
+
+# ---------------------------------------------------------------------- SentencePiece vocabularies
+SP_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    " leading space, and  two  spaces",
+    "   three leading spaces and trailing   ",
+    "Numbers 12345, 3.14159 and 2024-01-01 appear here.",
+    "naïve café déjà vu über alles",
+    "Emoji need bytes: 🙂👍🏽 and 日本語 too",
+    "line one\nline two\n\n\ttabbed line",
+    "",
+]
+
+
+def sentencepiece_tokenizer_json(path):
+    """A Llama-2-style tokenizer.json: <unk> <s> </s>, 256 <0xNN> byte tokens, learned pieces with ▁ for
+    spaces (learned behind the Metaspace pre-tokenizer); BPE with byte fallback, Llama 2's normalizer
+    (prepend ▁, spaces -> ▁) and decoder."""
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    space = "\u2581"
+    corpus = ["The quick brown fox jumps over the lazy dog.", "Numbers like 12345 and 3.14 appear here.",
+              "Hello world, hello there; the world is wide.", "naïve café déjà vu über", "  indented text\nnew line\ttab"] * 20
+    learner = HFTokenizer(models.BPE(unk_token="<unk>"))
+    learner.pre_tokenizer = pre_tokenizers.Metaspace(replacement=space, prepend_scheme="first", split=True)
+    learner.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                                            show_progress=False))
+    learned = sorted(learner.get_vocab().items(), key=lambda item: item[1])
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
+    pieces += [piece for piece, _ in learned if piece not in ("<unk>", "<s>", "</s>")]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
+              __import__("json").loads(learner.to_str())["model"]["merges"]]
+    tok = HFTokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=merges, unk_token="<unk>",
+                                 fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend(space), normalizers.Replace(" ", space)])
+    tok.decoder = decoders.Sequence([decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(content=" ", left=1, right=0)])
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.save(str(path))
+    return pieces
+
+
+def write_sentencepiece_llama(path, pieces, model):
+    """A llama GGUF as llama.cpp's converter writes Llama 2: tokenizer.ggml.model 'llama', scores
+    (later pieces score lower), token types (control, unknown, byte, normal), BOS added."""
+    from lmforge.io.gguf_writer import gguf_tensors
+
+    config = model.config
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.dim)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(config.hidden_dim)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(pieces)
+    writer.add_token_scores([0.0 if i < 259 else -float(i) for i in range(len(pieces))])
+    writer.add_token_types([2, 3, 3] + [6] * 256 + [1] * (len(pieces) - 259))
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
+    for name, value in gguf_tensors(model).items():
+        writer.add_tensor(name, value.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_sentencepiece_gguf_tokenizes_like_transformers_and_round_trips(tmp_path):
+    from transformers import LlamaTokenizerFast
+
+    from lmforge.core.config import ModelConfig
+    from lmforge.io.gguf import load_gguf_model
+    from lmforge.model.transformer import init_weights
+
+    pieces = sentencepiece_tokenizer_json(tmp_path / "tokenizer.json")
+    reference = LlamaTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>", add_bos_token=True)
+    config = ModelConfig(vocab_size=len(pieces), dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=64,
+                         max_seq_len=64, tie_embeddings=False)
+    source = Transformer(config)
+    init_weights(source, seed=0)
+    write_sentencepiece_llama(tmp_path / "sp.gguf", pieces, source.eval())
+    model, tokenizer = load_gguf_model(tmp_path / "sp.gguf")
+
+    assert tokenizer.add_bos_token and tokenizer.bos_id == 1 and tokenizer.eos_id == 2
+    byte_fallbacks = 0
+    for text in SP_TEXTS + ["\n".join(SP_TEXTS)]:
+        ids = tokenizer.encode(text)
+        assert ids == reference.encode(text, add_special_tokens=False), text
+        assert tokenizer.encode(text, add_bos=True) == reference.encode(text), text
+        assert tokenizer.decode(ids) == text == reference.decode(ids)
+        byte_fallbacks += sum(3 <= i < 259 for i in ids)
+    assert byte_fallbacks > 10  # the emoji and CJK text went through <0xNN> tokens
+    ids = torch.tensor([tokenizer.encode(SP_TEXTS[0], add_bos=True)])
+    with torch.no_grad():
+        assert (model(ids) - source(ids)).abs().max() < 1e-5
+
+
+def test_unsupported_vocabulary_is_refused_by_name(tmp_path):
+    from lmforge.io.gguf import load_gguf_model
+
+    writer = gguf.GGUFWriter(tmp_path / "t5.gguf", "llama")
+    for add, value in ((writer.add_context_length, 8), (writer.add_embedding_length, 8), (writer.add_block_count, 1),
+                       (writer.add_feed_forward_length, 8), (writer.add_head_count, 2)):
+        add(value)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("t5")
+    writer.add_token_list(["a", "b"])
+    for name, shape in {"token_embd.weight": (2, 8), "output_norm.weight": (8,), "blk.0.attn_norm.weight": (8,),
+                        "blk.0.attn_q.weight": (8, 8), "blk.0.attn_k.weight": (8, 8), "blk.0.attn_v.weight": (8, 8),
+                        "blk.0.attn_output.weight": (8, 8), "blk.0.ffn_norm.weight": (8,), "blk.0.ffn_gate.weight": (8, 8),
+                        "blk.0.ffn_up.weight": (8, 8), "blk.0.ffn_down.weight": (8, 8)}.items():
+        writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ValueError, match="tokenizer.ggml.model='t5' is not supported"):
+        load_gguf_model(tmp_path / "t5.gguf")

@@ -179,7 +179,7 @@ _MISSING = object()
 @pytest.mark.parametrize(
     ("key", "value", "field"),
     [
-        ("tokenizer.ggml.model", "llama", "tokenizer.ggml.model"),
+        ("tokenizer.ggml.model", "llama", "tokenizer.ggml.scores"),  # SentencePiece needs its scores
         ("tokenizer.ggml.model", "bert", "tokenizer.ggml.model"),
         ("tokenizer.ggml.model", _MISSING, "tokenizer.ggml.model"),
         ("tokenizer.ggml.pre", "no-such-pre", "tokenizer.ggml.pre"),
@@ -216,3 +216,33 @@ def test_non_string_token(smollm_meta: dict[str, Any]) -> None:
     tokens[5] = b"bytes"
     with pytest.raises(ValueError, match=r"tokenizer\.ggml\.tokens\[5\]"):
         tokenizer_from_gguf_metadata(_broken(smollm_meta, "tokenizer.ggml.tokens", tokens))
+
+
+# ---------------------------------------------------------------------- SentencePiece ("llama")
+def test_sentencepiece_merges_follow_the_scores() -> None:
+    from lmforge.tokenizer.gguf_vocab import sentencepiece_merges
+
+    tokens = ["<s>", "a", "b", "c", "ab", "bc", "abc"]
+    scores = [0.0, -1.0, -2.0, -3.0, -5.0, -4.0, -6.0]
+    mergeable = [False] + [True] * 6
+    # "bc" outscores "ab"; "abc" splits two ways, shorter left part first.
+    assert sentencepiece_merges(tokens, scores, mergeable) == [("b", "c"), ("a", "b"), ("a", "bc"), ("ab", "c")]
+
+
+def test_sentencepiece_vocabulary_from_metadata() -> None:
+    pieces = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + ["\u2581", "h", "i", "\u2581h", "\u2581hi"]
+    meta = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.tokens": pieces,
+            "tokenizer.ggml.scores": [0.0] * 259 + [-1.0, -2.0, -3.0, -4.0, -5.0],
+            "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * 5,
+            "tokenizer.ggml.bos_token_id": 1, "tokenizer.ggml.eos_token_id": 2, "tokenizer.ggml.unknown_token_id": 0}
+    tok = Tokenizer.from_gguf_metadata(meta)
+    assert tok.add_bos_token  # llama.cpp's default for SentencePiece vocabularies
+    ids = tok.encode("hi hh!")
+    assert [tok.id_to_token(i) for i in ids] == ["\u2581hi", "\u2581h", "h", "<0x21>"]  # "!" only as a byte
+    assert tok.decode(ids) == "hi hh!"
+    no_prefix = Tokenizer.from_gguf_metadata({**meta, "tokenizer.ggml.add_space_prefix": False})
+    assert [no_prefix.id_to_token(i) for i in no_prefix.encode("hi")] == ["h", "i"]
+    missing_bytes = {**meta, "tokenizer.ggml.tokens": pieces[:3] + [f"x{i}" for i in range(256)] + pieces[259:],
+                     "tokenizer.ggml.unknown_token_id": None, "tokenizer.ggml.token_type": [3, 3, 3] + [1] * 261}
+    with pytest.raises(ValueError, match="byte token <0x00>"):
+        Tokenizer.from_gguf_metadata(missing_bytes)
