@@ -173,3 +173,36 @@ def test_unsupported_variants_are_refused_by_name(change, message):
             "n_head": 4, "n_heads": 4, "num_attention_heads": 4}
     with pytest.raises(ValueError, match=message):
         config_from_hf({**base, **change})
+
+
+@pytest.mark.parametrize("family", ["falcon", "mpt", "bloom", "mistral"])
+def test_lora_finetuning_and_evaluation_run_on_each_family(tmp_path, family):
+    import json
+
+    from lmforge.data.synthetic import make_items
+    from lmforge.eval.runner import EvalConfig, evaluate
+    from lmforge.eval.tasks import synthetic_task
+    from lmforge.train.finetune import FinetuneConfig, finetune
+
+    docs = [f"{i.question} {i.answer}" for i in make_items("reverse", 100)]
+    tokenizer = train_bpe(docs + ["Be brief. Say sun."] * 10, vocab_size=400)
+    shape = dict(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, max_seq_len=128)
+    extra = {"falcon": dict(n_kv_heads=1, parallel_block=True), "mistral": dict(family="llama", n_kv_heads=2, sliding_window=8)}
+    config = ModelConfig(**{"family": family, **shape, **extra.get(family, {})})
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    save_pretrained(model, tokenizer, tmp_path / "base")
+    run = FinetuneConfig.from_dict(dict(
+        model=str(tmp_path / "base"), task="reverse", train_items=16, eval_items=0, val_max=4, out_dir=str(tmp_path / "run"),
+        seq_len=64, batch_size=4, max_steps=4, threads=1, log_every=1, eval_every=100, eval_before=False, plot=False,
+        method="lora", optim={"lr": 1e-2, "weight_decay": 0.0}))
+    result = finetune(run, show_progress=False)
+    assert result.steps == 4 and 0 < result.trainable_parameters < result.total_parameters
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+
+    task = synthetic_task("reverse", n_docs=3)
+    scores = evaluate(model, tokenizer, task, EvalConfig(chat=True, max_new_tokens=6))["runs"][0]
+    assert scores["n"] == 3 and 0.0 <= scores["metrics"]["accuracy"] <= 1.0
+    assert all(sample["tokens"] > 0 for sample in scores["samples"])  # it generated through the engine
