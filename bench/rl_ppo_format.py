@@ -83,7 +83,11 @@ def main() -> None:
     parser.add_argument("--prompts-per-step", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--beta", type=float, default=0.1, help="initial KL coefficient (default 0.1)")
+    parser.add_argument("--beta", type=float, default=0.1,
+                        help="initial KL coefficient (default 0.1). The KL-regularised objective's optimum, "
+                             "pi_ref * exp(r / beta) normalised, is at most (max r - mean r under pi_ref) / beta nats "
+                             "from the reference, so beta near (the reward model's score range) / --kl-bound keeps "
+                             "even the optimum inside the bound")
     parser.add_argument("--kl-bound", type=float, default=4.0,
                         help="the KL to the reference (nats per completion) no step may exceed (default 4.0)")
     parser.add_argument("--kl-target", type=float, default=None,
