@@ -17,16 +17,14 @@ import numpy as np
 import torch
 
 from lmforge.core.config import ModelConfig
-from lmforge.io.gguf_validate import open_gguf
+from lmforge.io.gguf_validate import ARCHITECTURES, FUSED_ARCHITECTURES, open_gguf
 from lmforge.model.quant import GroupQuantized
-from lmforge.model.transformer import Transformer
+from lmforge.model.transformer import Transformer, fused_names
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 # Quantization types we dequantize (the gguf package's numpy kernels do the arithmetic; it has none
 # for Q8_K, which llama.cpp only uses inside its dot products, never in files).
 SUPPORTED_TYPES = {"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K", "Q2_K", "Q3_K"}
-
-_LLAMA_LIKE = {"llama", "mistral", "qwen2"}
 
 # Block formats that load as they are into lmforge's quantized layers (see `read_blocks`).
 PACKED_TYPES = {"Q4_0", "Q4_1", "Q8_0"}
@@ -55,7 +53,7 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32, quant
     path = Path(path)
     opened = open_gguf(path)
     meta = opened.metadata
-    config = config_from_metadata(meta, path)
+    config = config_from_metadata(meta, path, {t.name for t in opened.tensors})
     tokenizer = Tokenizer.from_gguf_metadata(meta)
     state_dict: dict[str, torch.Tensor] = {}
     packed: dict[str, GroupQuantized] = {}
@@ -86,7 +84,7 @@ def describe_gguf(path: str | os.PathLike) -> tuple[ModelConfig, Tokenizer]:
     """Config and tokenizer of a GGUF file, without reading any tensor data."""
     path = Path(path)
     opened = open_gguf(path)
-    config = config_from_metadata(opened.metadata, path)
+    config = config_from_metadata(opened.metadata, path, {t.name for t in opened.tensors})
     tied = not any(t.name == "output.weight" for t in opened.tensors)
     return config.replace(tie_embeddings=tied), Tokenizer.from_gguf_metadata(opened.metadata)
 
@@ -132,11 +130,11 @@ def load_gguf_model(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 # --------------------------------------------------------------------------------------------
 # Metadata -> ModelConfig
 # --------------------------------------------------------------------------------------------
-def config_from_metadata(meta: dict[str, Any], path: Path) -> ModelConfig:
+def config_from_metadata(meta: dict[str, Any], path: Path, tensor_names: set[str] = frozenset()) -> ModelConfig:
     arch = meta.get("general.architecture")
-    if arch not in _LLAMA_LIKE | {"gpt2"}:
+    if arch not in ARCHITECTURES:
         raise ValueError(f"bad GGUF file {path.name}: general.architecture {arch!r} is not supported "
-                         f"(supported: {', '.join(sorted(_LLAMA_LIKE | {'gpt2'}))})")
+                         f"(supported: {', '.join(sorted(ARCHITECTURES))})")
 
     def need(key: str) -> Any:
         full = f"{arch}.{key}"
@@ -160,9 +158,22 @@ def config_from_metadata(meta: dict[str, Any], path: Path) -> ModelConfig:
     if arch == "gpt2":
         return ModelConfig(family="gpt2", norm_eps=float(need("attention.layer_norm_epsilon")),
                            tie_embeddings=True, attn_bias=True, mlp_bias=True, **common)
+    if arch in FUSED_ARCHITECTURES:
+        # llama.cpp runs Falcon blocks in parallel (Falcon-40B files add attn_norm_2) without
+        # linear biases, and MPT with ALiBi slopes from max_alibi_bias.
+        return ModelConfig(
+            family=arch, norm_eps=float(need("attention.layer_norm_epsilon")),
+            n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
+            rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
+            parallel_block=arch == "falcon",
+            parallel_norms=2 if "blk.0.attn_norm_2.weight" in tensor_names else 1,
+            alibi_bias_max=float(meta.get(f"{arch}.attention.max_alibi_bias", 8.0)), **common,
+        )
     head_dim = meta.get(f"{arch}.attention.key_length")
+    window = meta.get(f"{arch}.attention.sliding_window")
     return ModelConfig(
         family="llama",
+        sliding_window=int(window) if isinstance(window, int) and window > 0 else None,
         n_kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", n_heads)),
         rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)),
         norm_eps=float(need("attention.layer_norm_rms_epsilon")),
@@ -204,8 +215,44 @@ _GPT2_TOP = {"token_embd.weight": "transformer.wte.weight", "position_embd.weigh
              "output.weight": "lm_head.weight"}
 
 
+def fused_gguf_names(config: ModelConfig) -> tuple[dict[str, str], dict[str, str]]:
+    """GGUF -> HF names (top level, per block) of Falcon, MPT and BLOOM, from the model's own names.
+    Falcon-40B files call ln_mlp attn_norm and ln_attn attn_norm_2 (llama.cpp's reading)."""
+    names = fused_names(config)
+    top = {"token_embd.weight": f"transformer.{names.embed}.weight", "output.weight": "lm_head.weight"}
+    for kind in ("weight", "bias"):
+        top[f"output_norm.{kind}"] = f"transformer.{names.final_norm}.{kind}"
+        if names.embed_norm is not None:
+            top[f"token_embd_norm.{kind}"] = f"transformer.{names.embed_norm}.{kind}"
+    parts = {"attn_qkv": f"{names.attn}.{names.qkv}", "attn_output": f"{names.attn}.{names.out}",
+             "ffn_up": f"{names.mlp}.{names.up}", "ffn_down": f"{names.mlp}.{names.down}"}
+    if config.parallel_norms == 2:
+        parts.update(attn_norm=names.mlp_norm, attn_norm_2=names.attn_norm)
+    else:
+        parts["attn_norm"] = names.attn_norm
+        if names.mlp_norm is not None:
+            parts["ffn_norm"] = names.mlp_norm
+    block = {f"{gguf_name}.{kind}": f"{hf_name}.{kind}" for gguf_name, hf_name in parts.items() for kind in ("weight", "bias")}
+    return top, block
+
+
+def blocks_to_groups(rows: torch.Tensor, n_heads: int, kv_heads: int) -> torch.Tensor:
+    """llama.cpp's Falcon and BLOOM files hold the fused q/k/v rows as [all q | all k | all v];
+    the models want K groups of [H/K q heads, k head, v head] (rows [(H + 2K) * Dh, ...])."""
+    head = rows.shape[0] // (n_heads + 2 * kv_heads)
+    rest = rows.shape[1:]
+    q, k, v = rows.split((n_heads * head, kv_heads * head, kv_heads * head))
+    groups = (q.reshape(kv_heads, n_heads // kv_heads, head, *rest), k.reshape(kv_heads, 1, head, *rest),
+              v.reshape(kv_heads, 1, head, *rest))
+    return torch.cat(groups, dim=1).reshape(rows.shape)
+
+
 def hf_tensors(config: ModelConfig, arch: str, name: str, weight: torch.Tensor):
-    """Yield (hf_name, tensor) for one GGUF tensor, undoing llama.cpp's Q/K row permutation."""
+    """Yield (hf_name, tensor) for one GGUF tensor, undoing llama.cpp's Q/K row permutation
+    (llama) and its q/k/v regrouping (Falcon, BLOOM)."""
+    if arch in FUSED_ARCHITECTURES:
+        yield _fused_tensor(config, arch, name, weight)
+        return
     llama = config.family == "llama"
     top, block = (_LLAMA_TOP, _LLAMA_BLOCK) if llama else (_GPT2_TOP, _GPT2_BLOCK)
     if name in top:
@@ -235,3 +282,18 @@ def unpermute_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Invert llama.cpp's conversion, which interleaves the two rotary halves of every head."""
     rows = weight.shape[0]
     return weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)
+
+
+def _fused_tensor(config: ModelConfig, arch: str, name: str, weight):
+    top, block = fused_gguf_names(config)
+    if name in top:
+        return top[name], weight
+    parts = name.split(".", 2)
+    if len(parts) != 3 or parts[0] != "blk" or not parts[1].isdigit() or parts[2] not in block:
+        raise ValueError(f"GGUF tensor {name!r} is not part of a {arch} model")
+    suffix = parts[2]
+    if arch in ("falcon", "bloom") and suffix.startswith("attn_qkv."):
+        regroup = lambda rows: blocks_to_groups(rows, config.n_heads, config.kv_heads)  # noqa: E731
+        weight = weight.map_rows(regroup) if isinstance(weight, GroupQuantized) else regroup(weight)
+    layers = fused_names(config).layers
+    return f"transformer.{layers}.{parts[1]}.{block[suffix]}", weight

@@ -481,7 +481,8 @@ def _validate(cur: _Cursor) -> GGUFSummary:
 # Model metadata against the tensor table
 # --------------------------------------------------------------------------------------------
 LLAMA_ARCHITECTURES = ("llama", "mistral", "qwen2")
-ARCHITECTURES = (*LLAMA_ARCHITECTURES, "gpt2")
+FUSED_ARCHITECTURES = ("falcon", "mpt", "bloom")  # one fused q/k/v tensor per block, LayerNorms
+ARCHITECTURES = (*LLAMA_ARCHITECTURES, "gpt2", *FUSED_ARCHITECTURES)
 TOKEN_ARRAYS = ("tokenizer.ggml.token_type", "tokenizer.ggml.scores")  # one entry per token
 # The rotary tables (context_length x head size values, built with the model) may not outgrow
 # the weights in the file, except for this allowance, which every real model stays under.
@@ -572,7 +573,15 @@ def check_model(summary: GGUFSummary, where: str) -> None:
     D, V, F = (dim, width), (vocab, "the vocabulary (token_embd.weight rows)"), (ffn, ffn_key)
     top: dict[str, tuple] = {"token_embd.weight": (D, V), "output_norm.weight": (D,)}
     optional = {"output.weight": (D, V)}
-    if arch == "gpt2":
+    if arch in FUSED_ARCHITECTURES:
+        block = _fused_block_shapes(summary, arch, D, F, integer, number, fail)
+        if arch != "mpt":  # MPT's LayerNorms have no bias
+            top["output_norm.bias"] = (D,)
+        if arch == "bloom":
+            top.update({"token_embd_norm.weight": (D,), "token_embd_norm.bias": (D,)})
+        if arch == "falcon" and "blk.0.attn_norm_2.weight" in tensors:  # Falcon-40B: ln_attn beside ln_mlp
+            block.update({"attn_norm_2.weight": (D,), "attn_norm_2.bias": (D,)})
+    elif arch == "gpt2":
         if dim % n_heads:
             raise fail(f"{width} {dim} is not divisible by {heads} {n_heads}")
         top.update({"position_embd.weight": (D, (context, f"{arch}.context_length")), "output_norm.bias": (D,)})
@@ -615,6 +624,8 @@ def check_model(summary: GGUFSummary, where: str) -> None:
             block.update({"attn_q.bias": (Q,), "attn_k.bias": (KV,), "attn_v.bias": (KV,)})
     if arch == "gpt2":
         number("attention.layer_norm_epsilon")
+    if arch in FUSED_ARCHITECTURES and ("position_embd.weight" in tensors or "blk.0.attn_q_norm.weight" in tensors):
+        raise fail(f"{arch} with learned positions or q/k norms (tensor position_embd or attn_q_norm) is not supported")
 
     expected = {**top, **{f"blk.{i}.{suffix}": shape for i in range(n_layers) for suffix, shape in block.items()}}
     for name, info in tensors.items():
@@ -632,6 +643,36 @@ def check_model(summary: GGUFSummary, where: str) -> None:
     missing = [name for name in expected if name not in tensors]
     if missing:
         raise fail(f"tensor {missing[0]!r} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+
+def _fused_block_shapes(summary: GGUFSummary, arch: str, D: tuple, F: tuple, integer, number, fail) -> dict[str, tuple]:
+    """Expected block tensors of Falcon, MPT and BLOOM files as llama.cpp's converter writes them:
+    attn_qkv holds all queries, then all keys, then all values; BLOOM has biases everywhere, MPT
+    none, Falcon only on its norms."""
+    dim, heads_key, width = D[0], f"{arch}.attention.head_count", D[1]
+    n_heads = integer("attention.head_count")
+    if dim % n_heads:
+        raise fail(f"{width} {dim} is not divisible by {heads_key} {n_heads}")
+    kv_heads = integer("attention.head_count_kv", n_heads)
+    if n_heads % kv_heads or (arch != "falcon" and kv_heads != n_heads):
+        raise fail(f"{arch}.attention.head_count_kv {kv_heads} does not fit {heads_key} {n_heads}")
+    number("attention.layer_norm_epsilon")
+    if arch == "mpt" and summary.scalars.get("mpt.attention.clamp_kqv"):
+        raise fail("mpt.attention.clamp_kqv is not supported")
+    context, weights = integer("context_length"), sum(t.n_elements for t in summary.tensors)
+    if arch == "falcon" and context_too_long(context, dim // n_heads, weights):  # rotary tables
+        raise fail(f"{arch}.context_length {context} is absurd for this model: its rotary tables would outgrow "
+                   f"all {weights} weights in the file")
+    qkv = ((n_heads + 2 * kv_heads) * (dim // n_heads), f"({heads_key} + 2 x head_count_kv) x head size")
+    block = {"attn_norm.weight": (D,), "attn_qkv.weight": (D, qkv), "attn_output.weight": (D, D),
+             "ffn_up.weight": (D, F), "ffn_down.weight": (F, D)}
+    if arch != "falcon":
+        block["ffn_norm.weight"] = (D,)
+    if arch != "mpt":
+        block.update({name.replace(".weight", ".bias"): shape for name, shape in block.items() if name.endswith("norm.weight")})
+    if arch == "bloom":
+        block.update({"attn_qkv.bias": (qkv,), "attn_output.bias": (D,), "ffn_up.bias": (F,), "ffn_down.bias": (D,)})
+    return block
 
 
 # --------------------------------------------------------------------------------------------

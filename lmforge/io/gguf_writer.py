@@ -52,6 +52,9 @@ def permute_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 def _architecture(model: Transformer) -> str:
     config = model.config
+    if config.family not in ("llama", "gpt2"):
+        raise ValueError(f"GGUF export supports the llama and gpt2 families; a {config.family} model exports as a "
+                         "Hugging Face folder")
     if config.family == "gpt2":
         return "gpt2"
     return "qwen2" if config.attn_bias else "llama"

@@ -24,8 +24,10 @@ from lmforge.model.transformer import FUSED_NAMES, Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 LLAMA_LIKE = ("llama", "mistral", "qwen2")
-# Every config.json model_type we load (old Falcon checkpoints name themselves RefinedWeb*).
-MODEL_TYPES = ("gpt2", *LLAMA_LIKE, "falcon", "RefinedWeb", "RefinedWebModel", "mpt", "bloom")
+# Every config.json model_type we load, and the family it becomes (old Falcon checkpoints name
+# themselves RefinedWeb*).
+MODEL_TYPES = {"gpt2": "gpt2", **dict.fromkeys(LLAMA_LIKE, "llama"), "falcon": "falcon", "RefinedWeb": "falcon",
+               "RefinedWebModel": "falcon", "mpt": "mpt", "bloom": "bloom"}
 # GPT-2 stores these as Conv1D weights of shape [in, out]; our nn.Linear wants [out, in].
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MAX_CONFIG_BYTES = 1 << 20

@@ -392,3 +392,77 @@ def test_unsupported_vocabulary_is_refused_by_name(tmp_path):
     writer.close()
     with pytest.raises(ValueError, match="tokenizer.ggml.model='t5' is not supported"):
         load_gguf_model(tmp_path / "t5.gguf")
+
+
+# ---------------------------------------------------------------------- Falcon, MPT, BLOOM files
+FUSED_CONFIGS = {
+    "falcon-7b": dict(family="falcon", n_kv_heads=1, parallel_block=True),
+    "falcon-40b": dict(family="falcon", n_kv_heads=2, parallel_block=True, parallel_norms=2),
+    "mpt": dict(family="mpt", alibi_bias_max=6.0),
+    "bloom": dict(family="bloom"),
+}
+
+
+def write_fused_gguf(path, model, tokenizer):
+    """A GGUF as llama.cpp's converter writes these models: names from gguf's own TensorNameMap, the
+    fused q/k/v rows of Falcon and BLOOM reordered to [all q | all k | all v]."""
+    config = model.config
+    arch = config.family
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.n_layers)
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.dim)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(config.hidden_dim)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.kv_heads)
+    writer.add_layer_norm_eps(config.norm_eps)
+    if arch == "mpt":
+        writer.add_max_alibi_bias(config.alibi_bias_max)
+    meta = tokenizer_metadata(tokenizer, config.vocab_size, "gpt-2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(meta["tokenizer.ggml.tokens"])
+    writer.add_token_types(meta["tokenizer.ggml.token_type"])
+    writer.add_token_merges(meta["tokenizer.ggml.merges"])
+    K, H, Dh = config.kv_heads, config.n_heads, config.head_size
+    for key, value in model.state_dict().items():
+        if key == "lm_head.weight" and config.tie_embeddings:
+            continue
+        hf_key = key.removeprefix("transformer.") if arch == "bloom" else key  # the map knows BLOOM's hub names
+        name = names.get_name(hf_key, try_suffixes=(".weight", ".bias"))
+        assert name is not None, key
+        value = value.detach().float()
+        if arch in ("falcon", "bloom") and "query_key_value" in key:
+            grouped = value.reshape(K, H // K + 2, Dh, *value.shape[1:])
+            value = torch.cat([grouped[:, :-2].reshape(-1, *value.shape[1:]), grouped[:, -2].reshape(-1, *value.shape[1:]),
+                               grouped[:, -1].reshape(-1, *value.shape[1:])])
+        writer.add_tensor(name, value.contiguous().numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+@pytest.mark.parametrize("kind", sorted(FUSED_CONFIGS))
+def test_falcon_mpt_bloom_gguf_files_load(tmp_path, small_tokenizer, kind):
+    from lmforge.core.config import ModelConfig
+    from lmforge.io.gguf import load_gguf_model
+    from lmforge.model.transformer import init_weights
+
+    config = ModelConfig(vocab_size=small_tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, max_seq_len=64,
+                         **FUSED_CONFIGS[kind])
+    source = Transformer(config)
+    init_weights(source, seed=3)
+    with torch.no_grad():  # norms and biases away from 1 and 0, so misplaced ones show
+        for name, p in source.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.2 * torch.randn_like(p))
+    write_fused_gguf(tmp_path / f"{kind}.gguf", source.eval(), small_tokenizer)
+    model, tokenizer = load_gguf_model(tmp_path / f"{kind}.gguf")
+    got = model.config
+    assert (got.family, got.kv_heads, got.hidden_dim, got.parallel_block, got.parallel_norms, got.alibi_bias_max) == \
+        (config.family, config.kv_heads, config.hidden_dim, config.parallel_block, config.parallel_norms, config.alibi_bias_max)
+    ids = torch.tensor([tokenizer.encode("the cat sat on the mat")])
+    with torch.no_grad():
+        assert (model(ids) - source(ids)).abs().max() < 1e-5
