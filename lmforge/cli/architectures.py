@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from lmforge.cli.recipes import apply_overrides, read_recipe, set_key
+from lmforge.cli.recipes import recipe_data
 from lmforge.core.progress import ProgressDisplay
 from lmforge.io.hf_seq2seq import load_bert
 from lmforge.model.bert import BertForMaskedLM
@@ -74,12 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace, recipe_class: type, flags: dict[str, str], run: Any) -> int:
-    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
-    for flag, key in flags.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_key(data, key, value)
-    data = apply_overrides(data, list(args.overrides))
+    data = recipe_data(args, flags)
     if "data" not in data:
         raise ValueError("give --data (a folder of `lmforge prepare`) or data: in --config")
     recipe = build_dataclass(recipe_class, data, "")

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lmforge.cli.recipes import apply_overrides, set_key
+from lmforge.cli.recipes import recipe_data
 from lmforge.core.files import write_text_atomically
 from lmforge.core.progress import ProgressDisplay
 from lmforge.data.shards import TokenData
@@ -59,12 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> CompareConfig:
-    data: dict = {}
-    for flag, key in FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            set_key(data, key, value)
-    return build_dataclass(CompareConfig, apply_overrides(data, list(args.overrides)), "")
+    return build_dataclass(CompareConfig, recipe_data(args, FLAGS), "")
 
 
 def run(args: argparse.Namespace) -> int:

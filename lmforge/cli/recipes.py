@@ -131,17 +131,23 @@ def add_run_flags(parser: Any, seed_help: str) -> None:
 RUN_FLAGS = {"device": "device", "dtype": "dtype", "threads": "threads", "seed": "seed"}
 
 
-def recipe_from_args(args: Any, flags: dict[str, str], default_lr: dict[str, float]) -> dict[str, Any]:
-    """The recipe of a training verb: the YAML file (--config), then the flags that were given
-    (`flags` maps an argparse name to a dotted key), then KEY=VALUE overrides. A step or time
-    budget alone sets the run's length (epochs off unless given), and the learning rate defaults
-    by method (`default_lr`: method -> lr; the method defaults to lora); weight decay to 0."""
-    data: dict[str, Any] = read_recipe(args.config) if args.config else {}
+def recipe_data(args: Any, flags: dict[str, str]) -> dict[str, Any]:
+    """A recipe as a dict: the YAML file (--config, when the verb has it), then the flags that were
+    given (`flags` maps an argparse name to a dotted key), then KEY=VALUE overrides."""
+    config = getattr(args, "config", None)
+    data: dict[str, Any] = read_recipe(config) if config else {}
     for flag, key in flags.items():
         value = getattr(args, flag, None)
         if value is not None:
             set_key(data, key, value)
-    data = apply_overrides(data, list(args.overrides))
+    return apply_overrides(data, list(args.overrides))
+
+
+def recipe_from_args(args: Any, flags: dict[str, str], default_lr: dict[str, float]) -> dict[str, Any]:
+    """The recipe of a training verb (`recipe_data`). A step or time budget alone sets the run's
+    length (epochs off unless given), and the learning rate defaults by method (`default_lr`:
+    method -> lr; the method defaults to lora); weight decay to 0."""
+    data = recipe_data(args, flags)
     if "epochs" not in data and (data.get("max_steps") is not None or data.get("time_budget_s") is not None):
         data["epochs"] = None
     optim = data.setdefault("optim", {})

@@ -30,6 +30,7 @@ import torch
 
 from lmforge.core.files import write_text_atomically
 from lmforge.core.progress import ProgressDisplay
+from lmforge.data.readers import jsonl_objects
 from lmforge.data.shards import Split, TokenData
 from lmforge.data.synthetic import make_items
 from lmforge.io.hf_seq2seq import save_hf_folder
@@ -132,19 +133,11 @@ def span_corruption_batches(split: Split, window: int, batch_size: int, *, vocab
 # --------------------------------------------------------------------------------------------
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(input, target) pairs of a JSONL file of {"input": ..., "target": ...} objects."""
-    path = Path(path)
     pairs = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("input"), str) or not isinstance(record.get("target"), str):
-                raise ValueError(f"{path}:{number}: expected an object with string fields 'input' and 'target'")
-            pairs.append((record["input"], record["target"]))
+    for number, record in jsonl_objects(path, 'an object with string fields "input" and "target"'):
+        if not isinstance(record.get("input"), str) or not isinstance(record.get("target"), str):
+            raise ValueError(f"{path}:{number}: expected an object with string fields 'input' and 'target'")
+        pairs.append((record["input"], record["target"]))
     if not pairs:
         raise ValueError(f"{path}: no input/target records")
     return pairs
