@@ -280,6 +280,25 @@ SP_TEXTS = [
 ]
 
 
+def start_gguf(path, arch: str, config) -> gguf.GGUFWriter:
+    """A writer with the model's shape in `arch`'s metadata keys."""
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_context_length(config.max_seq_len)
+    writer.add_embedding_length(config.dim)
+    writer.add_block_count(config.n_layers)
+    writer.add_feed_forward_length(config.hidden_dim)
+    writer.add_head_count(config.n_heads)
+    writer.add_head_count_kv(config.kv_heads)
+    return writer
+
+
+def finish_gguf(writer: gguf.GGUFWriter) -> None:
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def sentencepiece_tokenizer_json(path):
     """A Llama-2-style tokenizer.json: <unk> <s> </s>, 256 <0xNN> byte tokens, learned pieces with ▁ for
     spaces (learned behind the Metaspace pre-tokenizer); BPE with byte fallback, Llama 2's normalizer
@@ -314,15 +333,8 @@ def write_sentencepiece_llama(path, pieces, model):
     (later pieces score lower), token types (control, unknown, byte, normal), BOS added."""
     from lmforge.io.gguf_writer import gguf_tensors
 
-    config = model.config
-    writer = gguf.GGUFWriter(path, "llama")
-    writer.add_context_length(config.max_seq_len)
-    writer.add_embedding_length(config.dim)
-    writer.add_block_count(config.n_layers)
-    writer.add_feed_forward_length(config.hidden_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.kv_heads)
-    writer.add_layer_norm_rms_eps(config.norm_eps)
+    writer = start_gguf(path, "llama", model.config)
+    writer.add_layer_norm_rms_eps(model.config.norm_eps)
     writer.add_tokenizer_model("llama")
     writer.add_token_list(pieces)
     writer.add_token_scores([0.0 if i < 259 else -float(i) for i in range(len(pieces))])
@@ -334,10 +346,7 @@ def write_sentencepiece_llama(path, pieces, model):
     writer.add_add_eos_token(False)
     for name, value in gguf_tensors(model).items():
         writer.add_tensor(name, value.numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
 
 
 def test_sentencepiece_gguf_tokenizes_like_transformers_and_round_trips(tmp_path):
@@ -366,6 +375,13 @@ def test_sentencepiece_gguf_tokenizes_like_transformers_and_round_trips(tmp_path
         assert tokenizer.decode(ids) == text == reference.decode(ids)
         byte_fallbacks += sum(3 <= i < 259 for i in ids)
     assert byte_fallbacks > 10  # the emoji and CJK text went through <0xNN> tokens
+    # Streaming never splits a character that came as bytes; a saved folder reloads the same vocabulary.
+    from lmforge.tokenizer.tokenizer import StreamDecoder, Tokenizer
+
+    stream, text = StreamDecoder(tokenizer), SP_TEXTS[5]
+    assert "".join(stream.push(i) for i in tokenizer.encode(text)) + stream.flush() == text
+    tokenizer.save(tmp_path / "folder")
+    assert Tokenizer.from_folder(tmp_path / "folder").encode(SP_TEXTS[1]) == tokenizer.encode(SP_TEXTS[1])
     ids = torch.tensor([tokenizer.encode(SP_TEXTS[0], add_bos=True)])
     with torch.no_grad():
         assert (model(ids) - source(ids)).abs().max() < 1e-5
@@ -386,10 +402,7 @@ def test_unsupported_vocabulary_is_refused_by_name(tmp_path):
                         "blk.0.attn_output.weight": (8, 8), "blk.0.ffn_norm.weight": (8,), "blk.0.ffn_gate.weight": (8, 8),
                         "blk.0.ffn_up.weight": (8, 8), "blk.0.ffn_down.weight": (8, 8)}.items():
         writer.add_tensor(name, np.zeros(shape, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
     with pytest.raises(ValueError, match="tokenizer.ggml.model='t5' is not supported"):
         load_gguf_model(tmp_path / "t5.gguf")
 
@@ -409,13 +422,7 @@ def write_fused_gguf(path, model, tokenizer):
     config = model.config
     arch = config.family
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], config.n_layers)
-    writer = gguf.GGUFWriter(path, arch)
-    writer.add_context_length(config.max_seq_len)
-    writer.add_embedding_length(config.dim)
-    writer.add_block_count(config.n_layers)
-    writer.add_feed_forward_length(config.hidden_dim)
-    writer.add_head_count(config.n_heads)
-    writer.add_head_count_kv(config.kv_heads)
+    writer = start_gguf(path, arch, config)
     writer.add_layer_norm_eps(config.norm_eps)
     if arch == "mpt":
         writer.add_max_alibi_bias(config.alibi_bias_max)
@@ -438,10 +445,7 @@ def write_fused_gguf(path, model, tokenizer):
             value = torch.cat([grouped[:, :-2].reshape(-1, *value.shape[1:]), grouped[:, -2].reshape(-1, *value.shape[1:]),
                                grouped[:, -1].reshape(-1, *value.shape[1:])])
         writer.add_tensor(name, value.contiguous().numpy())
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer)
 
 
 @pytest.mark.parametrize("kind", sorted(FUSED_CONFIGS))
