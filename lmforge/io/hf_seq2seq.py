@@ -1,9 +1,11 @@
-"""Hugging Face folders for the non-decoder families: T5 (encoder-decoder) and BERT (encoder).
+"""Model folders for the non-decoder families: T5 (encoder-decoder), BERT (encoder) and the LSTM.
 
-Each is config.json + model.safetensors (+ tokenizer files), in the layout `transformers` writes
-for T5ForConditionalGeneration, BertForMaskedLM and BertForSequenceClassification, so either side
-opens the other's folders. Tied copies (T5's encoder/decoder embed_tokens, a tied head) are not
-stored twice; on reading they are accepted and dropped. Only safetensors are read (io/hf.py).
+Each is config.json + model.safetensors (+ tokenizer files). T5 and BERT use the layout
+`transformers` writes for T5ForConditionalGeneration, BertForMaskedLM and
+BertForSequenceClassification, so either side opens the other's folders; the LSTM, which has no
+Hugging Face class, is the same kind of folder with model_type "lmforge-lstm". Tied copies (T5's
+encoder/decoder embed_tokens, a tied head) are not stored twice; on reading they are accepted and
+dropped. Only safetensors are read (io/hf.py).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from torch import nn
 from lmforge.core.files import write_folder_atomically
 from lmforge.io.hf import read_config, read_safetensors
 from lmforge.model.bert import BertConfig, BertForMaskedLM, BertForSequenceClassification
+from lmforge.model.lstm import LSTMConfig, LSTMLanguageModel
 from lmforge.model.t5 import T5Config, T5ForConditionalGeneration
 from lmforge.tokenizer.tokenizer import Tokenizer
 
-Seq2SeqModel = T5ForConditionalGeneration | BertForMaskedLM | BertForSequenceClassification
+Seq2SeqModel = T5ForConditionalGeneration | BertForMaskedLM | BertForSequenceClassification | LSTMLanguageModel
+LSTM_TYPE = "lmforge-lstm"
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +90,12 @@ def stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_hf_folder(model: Seq2SeqModel, tokenizer: Tokenizer | None, folder: str | os.PathLike) -> Path:
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
     dtype = next(model.parameters()).dtype
-    config = t5_hf_config(model.config, dtype) if isinstance(model, T5ForConditionalGeneration) else bert_hf_config(model, dtype)
+    if isinstance(model, T5ForConditionalGeneration):
+        config = t5_hf_config(model.config, dtype)
+    elif isinstance(model, LSTMLanguageModel):
+        config = {**model.config.to_dict(), "model_type": LSTM_TYPE, "torch_dtype": str(dtype).removeprefix("torch.")}
+    else:
+        config = bert_hf_config(model, dtype)
     if tokenizer is not None:
         for key, value in (("bos_token_id", tokenizer.bos_id), ("pad_token_id", tokenizer.pad_id)):
             config.setdefault(key, value)
@@ -143,19 +152,33 @@ def load_bert(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> 
         labels = [str(raw.get("id2label", {}).get(str(i), f"LABEL_{i}")) for i in range(tensors["classifier.weight"].shape[0])]
         model: nn.Module = BertForSequenceClassification(config, labels)
     else:
-        for key in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"):
-            tensors.pop(key, None)  # tied to the word embeddings and cls.predictions.bias
+        decoder = tensors.pop("cls.predictions.decoder.weight", None)
+        embedding = tensors.get("bert.embeddings.word_embeddings.weight")
+        if decoder is not None and embedding is not None and not torch.equal(decoder, embedding):
+            raise ValueError(f"{folder}: the MLM decoder weight differs from the word embeddings (an untied head "
+                             "is not supported)")
+        tensors.pop("cls.predictions.decoder.bias", None)  # the same tensor as cls.predictions.bias
         model = BertForMaskedLM(config)
     _load_weights(model, tensors, folder)
     return model.to(dtype).eval()
 
 
+def load_lstm(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> LSTMLanguageModel:
+    """An LSTM folder written by `save_hf_folder`, in eval mode."""
+    folder = Path(folder)
+    raw = read_config(folder)
+    if raw.get("model_type") != LSTM_TYPE:
+        raise ValueError(f"{folder / 'config.json'}: model_type is {raw.get('model_type')!r}, expected {LSTM_TYPE!r}")
+    model = LSTMLanguageModel(LSTMConfig.from_dict(raw, str(folder / "config.json")))
+    _load_weights(model, read_safetensors(folder), folder)
+    return model.to(dtype).eval()
+
+
 def load_family(folder: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Seq2SeqModel:
-    """A T5 or BERT folder, by its config's model_type."""
+    """A T5, BERT or LSTM folder, by its config's model_type."""
     folder = Path(folder)
     kind = read_config(folder).get("model_type")
-    if kind == "t5":
-        return load_t5(folder, dtype)
-    if kind == "bert":
-        return load_bert(folder, dtype)
-    raise ValueError(f"{folder / 'config.json'}: model_type {kind!r} is neither 't5' nor 'bert'")
+    loaders = {"t5": load_t5, "bert": load_bert, LSTM_TYPE: load_lstm}
+    if kind not in loaders:
+        raise ValueError(f"{folder / 'config.json'}: model_type {kind!r} is not one of {', '.join(loaders)}")
+    return loaders[kind](folder, dtype)

@@ -29,6 +29,7 @@ from lmforge.core.progress import ProgressDisplay
 from lmforge.data.loader import TrainLoader, eval_batches
 from lmforge.data.shards import TokenData
 from lmforge.io.hf import load_pretrained
+from lmforge.io.hf_seq2seq import save_hf_folder
 from lmforge.model.architectures import prefix_split, t5_prefix_batch, window_token_losses
 from lmforge.model.lstm import LSTMConfig, LSTMLanguageModel, init_lstm_weights
 from lmforge.model.t5 import T5Config, T5ForConditionalGeneration, init_t5_weights
@@ -148,7 +149,7 @@ class FamilyRun:
     flops: float
     train_seconds: float
     records: list[dict[str, Any]]  # metrics.jsonl with `flops` added
-    folder: Path
+    folder: Path  # the trained model's folder
 
 
 def val_windows(data: TokenData, config: CompareConfig) -> torch.Tensor:
@@ -209,9 +210,9 @@ def train_matched(family: str, config: CompareConfig, data: TokenData, windows: 
         next_batch = partial(next, stream_batches(split_tokens(data.train), config.batch_size, config.seq_len))
         loss = CarriedStateLoss()
     else:
-        tokenizer = Tokenizer.from_folder(data.tokenizer_folder)
+        pad_id = Tokenizer.from_folder(data.tokenizer_folder).pad_id
         eos = data.boundary_id
-        pad = tokenizer.pad_id if tokenizer.pad_id is not None else eos
+        pad = pad_id if pad_id is not None else eos
         model = T5ForConditionalGeneration(t5_config(config, decoder_params, data.vocab_size, pad, eos))
         init_t5_weights(model, seed=config.seed)
         step_flops = t5_step_flops(model, config.batch_size, config.seq_len)
@@ -225,8 +226,9 @@ def train_matched(family: str, config: CompareConfig, data: TokenData, windows: 
                           seed=config.seed, threads=config.threads, eval_every_s=config.eval_every_s)
     result = train_objective(model, run, next_batch, loss, evaluate=lambda: val_loss(model, windows), name=family,
                              display=display)
+    save_hf_folder(model, Tokenizer.from_folder(data.tokenizer_folder), out / "model")
     return FamilyRun(family, model, parameters(model), result.steps, result.steps * step_flops, result.train_seconds,
-                     with_flops(result.records, step_flops), out)
+                     with_flops(result.records, step_flops), out / "model")
 
 
 def train_families(config: CompareConfig, display: ProgressDisplay | None = None) -> dict[str, FamilyRun]:

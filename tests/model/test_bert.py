@@ -88,3 +88,11 @@ def test_bad_config_is_a_clear_error():
         BertConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="hidden_act"):
         BertConfig(hidden_act="swish")
+
+
+def test_an_untied_mlm_head_is_refused(tmp_path):
+    hf = transformers.BertForMaskedLM(transformers.BertConfig(**SHAPE, tie_word_embeddings=False))
+    torch.nn.init.normal_(hf.cls.predictions.decoder.weight)
+    hf.save_pretrained(tmp_path / "hf")
+    with pytest.raises(ValueError, match="untied"):
+        load_bert(tmp_path / "hf")

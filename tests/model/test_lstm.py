@@ -46,3 +46,15 @@ def test_greedy_generation_follows_the_argmax(model):
 def test_bad_config_is_a_clear_error():
     with pytest.raises(ValueError, match="dim"):
         LSTMConfig(dim=0)
+
+
+def test_folder_round_trip(model, tmp_path):
+    from lmforge.io.hf_seq2seq import load_family, save_hf_folder
+
+    save_hf_folder(model, None, tmp_path / "lstm")
+    back = load_family(tmp_path / "lstm")
+    assert isinstance(back, LSTMLanguageModel) and back.config == model.config
+    assert back.lm_head.weight is back.model.embed_tokens.weight
+    ids = torch.randint(50, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids)[0], model(ids)[0], atol=0, rtol=0)
