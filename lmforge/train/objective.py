@@ -50,6 +50,9 @@ class ObjectiveConfig(RecipeConfig):
 
     def __post_init__(self) -> None:
         self._check_run(("max_steps", "max_tokens", "time_budget_s"), ("batch_size", "log_every"))
+        for name in ("max_steps", "max_tokens", "time_budget_s"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0")
 
@@ -83,6 +86,8 @@ def train_objective(model: nn.Module, config: ObjectiveConfig, next_batch: Calla
     """Optimizer steps until the step, token or time budget is spent; `evaluate()` (model in eval
     mode, clock paused) every `eval_every` steps / `eval_every_s` seconds and at the end. Writes
     metrics.jsonl and loss.png into `config.out_dir`."""
+    if 0 in (config.max_steps, config.max_tokens, config.time_budget_s):
+        raise ValueError(f"{name}: a budget of 0 trains nothing (skip the phase instead)")
     out = Path(config.out_dir)
     metrics = MetricsLog(out / "metrics.jsonl")
     display = display or ProgressDisplay(enabled=False)

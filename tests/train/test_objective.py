@@ -52,6 +52,11 @@ def test_mean_loss_weights_by_count():
     assert mean_loss(None, lambda model, batch: batch, batches) == pytest.approx(14 / 4)
 
 
-def test_a_run_needs_a_budget():
+def test_a_run_needs_a_budget(tmp_path):
     with pytest.raises(ValueError, match="max_steps"):
         ObjectiveConfig()
+    with pytest.raises(ValueError, match=">= 0"):
+        ObjectiveConfig(time_budget_s=-1.0)
+    model, batches, loss, _ = regression()
+    with pytest.raises(ValueError, match="trains nothing"):
+        train_objective(model, ObjectiveConfig(out_dir=str(tmp_path), max_steps=0), lambda: next(batches), loss)
