@@ -43,11 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dim", type=int, help="decoder width, also T5's d_model (default 128)")
     parser.add_argument("--layers", type=int, help="decoder layers (default 4; T5 gets 2 + 2, the LSTM 2)")
     parser.add_argument("--heads", type=int, help="attention heads (default 4)")
-    parser.add_argument("--decoder-time", type=float, help="decoder training seconds; sets the FLOP budget (default 480)")
+    parser.add_argument("--decoder-time", type=float, help="decoder training seconds; sets the FLOP budget (default 420)")
     parser.add_argument("--time-cap", type=float, help="LSTM/T5 stop at this many times --decoder-time even short of "
-                                                       "the FLOP budget (default 2)")
-    parser.add_argument("--bert-time", type=float, default=120.0,
-                        help="BERT masked-LM seconds, then as many again for its classifier; 0 skips BERT (default 120)")
+                                                       "the FLOP budget (default 1.5)")
+    parser.add_argument("--bert-time", type=float, default=180.0,
+                        help="BERT masked-LM seconds, then as many again for its classifier; 0 skips BERT (default 180)")
     parser.add_argument("--lr", type=float, help="peak learning rate of every model (default 3e-3)")
     parser.add_argument("--eval-every-s", type=float, help="validation every this many training seconds (default 60)")
     parser.add_argument("--eval-tokens", type=int, help="validation tokens, the same windows for all (default 32768)")

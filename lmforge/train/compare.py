@@ -53,8 +53,8 @@ class CompareConfig(RecipeConfig):
     n_heads: int = 4
     lstm_layers: int = 2
     t5_layers: int = 2  # per stack (encoder and decoder)
-    decoder_time_s: float = 480.0  # the decoder's training time; its FLOPs are everyone's budget
-    time_cap_factor: float = 2.0  # LSTM/T5 stop at the matched FLOPs or this many times decoder_time_s
+    decoder_time_s: float = 420.0  # the decoder's training time; its FLOPs are everyone's budget
+    time_cap_factor: float = 1.5  # LSTM/T5 stop at the matched FLOPs or this many times decoder_time_s
     lr: float = 3e-3
     eval_every_s: float = 60.0
     eval_tokens: int = 32768  # validation tokens per evaluation (every family the same windows)
