@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_flags(parser, max_new_tokens=512)
     parser.add_argument("--prompt", default=None, help="ask one question, print the answer and exit (default: none, an interactive chat)")
     parser.add_argument("--system", default=None, help="system prompt (default: none)")
+    parser.add_argument("--image", default=None,
+                        help="a picture (PNG, JPEG, GIF, WebP, BMP) to ask --prompt about; --model must then be a "
+                             "vision-language model folder written by `lmforge vlm train` (default: none)")
     parser.add_argument("--tools", default=None,
                         help="built-in tools the model may call, comma-separated: calculator (arithmetic), python "
                              "(a sandboxed program, 5 s, 256 MB, no files or network); calls and results are shown "
@@ -35,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.image is not None:
+        from lmforge.cli.vlm import image_chat
+
+        return image_chat(args)
     params = sampling_params(args)
     tools, choice = _tools_from_args(args)
     policy = load_policy(args.moderation)

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from lmforge.serve import ServeConfig, create_app
+    from lmforge.io.vision import is_vision_folder, load_vision_model
 
     if not 1 <= args.port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {args.port}")
@@ -74,12 +75,17 @@ def run(args: argparse.Namespace) -> int:
         from lmforge.rag.index import RagIndex
 
         rag_index = RagIndex.load(args.rag)
-    model, tokenizer = load_from_args(args)
+    vision = None
+    if is_vision_folder(args.model):  # a vision-language model: chat messages may hold images
+        vision, tokenizer = load_vision_model(args.model)
+        model = vision.lm
+    else:
+        model, tokenizer = load_from_args(args)
     if policy is not None:
         config = dataclasses.replace(config, moderation=moderator_for(policy, model, tokenizer))
     if config.compile:
         print("lmforge: compiling the decode step (once; cached on disk for the next start)", file=sys.stderr, flush=True)
-    app = create_app(model, tokenizer, config, rag_index=rag_index)
+    app = create_app(model, tokenizer, config, rag_index=rag_index, vision=vision)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"lmforge: serving {config.model_id} on http://{host}:{args.port} (chat page at /, API at /v1)",
           file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "DEFAULT_LIMITS",
     "FORMATS",
     "ImageLimits",
     "decode_image",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")  # formats Pillow decodes that are accepted
+_MAGIC = (b"\x89PNG", b"\xff\xd8", b"GIF8", b"RIFF", b"BM")  # how files of those formats begin
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ def decode_image(data: bytes, where: str = "image", limits: ImageLimits = DEFAUL
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(bytes(data)), formats=FORMATS)
     except UnidentifiedImageError:
+        if bytes(data[:4]) in _MAGIC or bytes(data[:2]) in _MAGIC:
+            raise ValueError(f"{where}: the image data is truncated or corrupt (its header is unreadable)") from None
         raise ValueError(f"{where}: not an image in an accepted format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ValueError(f"{where}: refused as a decompression bomb ({error})") from None

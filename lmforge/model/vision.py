@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -169,7 +170,8 @@ class VisionLanguageModel(nn.Module):
     @contextlib.contextmanager
     def spliced(self, image_mask: torch.Tensor | None, features: torch.Tensor | None) -> Iterator[None]:
         """Within this block, the LM's embedding layer returns `features` (flattened in order) at the
-        True positions of `image_mask` [B, T]; the count must match exactly."""
+        True positions of `image_mask` [B, T]; the count must match exactly. Only calls from this
+        thread are spliced, so other threads may run the same LM meanwhile."""
         if image_mask is None or features is None:
             if (image_mask is not None and bool(image_mask.any())) or features is not None:
                 raise ValueError("image placeholders and image features come together")
@@ -181,7 +183,11 @@ class VisionLanguageModel(nn.Module):
             raise ValueError(f"the text holds {placed} image placeholder tokens; the images give {flat.shape[0]} "
                              f"features ({self.tokens_per_image} per image)")
 
-        def splice(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        owner = threading.get_ident()
+
+        def splice(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            if threading.get_ident() != owner:  # another thread (a server's engine) using the same LM
+                return None
             if output.shape[:2] != image_mask.shape:
                 raise ValueError(f"image mask {tuple(image_mask.shape)} does not match the ids {tuple(output.shape[:2])}")
             return output.masked_scatter(image_mask[..., None].to(output.device), flat.to(output.dtype))

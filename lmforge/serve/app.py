@@ -42,6 +42,7 @@ from lmforge.serve.metrics import CONTENT_TYPE as METRICS_TYPE, ServeMetrics, ti
 from lmforge.serve.errors import APIError, busy, from_status, invalid, server_error, unauthorized
 from lmforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
 from lmforge.serve.scheduler import Delta, Done, Failed, Finished, Job, Scheduler
+from lmforge.serve.vision import ImageChat, has_image_parts
 from lmforge.tokenizer.chat import render_conversation
 from lmforge.tokenizer.token_bytes import token_bytes
 from lmforge.tokenizer.tokenizer import Tokenizer
@@ -308,10 +309,13 @@ def _id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
-def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, rag_index: RagIndex | None = None) -> FastAPI:
+def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, rag_index: RagIndex | None = None,
+               vision: Any = None) -> FastAPI:
     """The ASGI app; its lifespan starts and stops the scheduler thread. With `rag_index`,
-    POST /v1/rag/ask answers questions from it with citations."""
+    POST /v1/rag/ask answers questions from it with citations. With `vision` (a
+    VisionLanguageModel over `model`), chat messages may hold images (serve.vision)."""
     service = Service(model, tokenizer, config)
+    images = ImageChat(vision, tokenizer, config.model_id, config.default_max_tokens)
     embedder = Embedder(model, tokenizer)
     page = resources.files("lmforge.serve").joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -382,6 +386,8 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         service.authorize(request)
         req = protocol.parse_chat(await service.read_json(request), service.engine.max_seq_len)
         service.check_model(req.model)
+        if has_image_parts(req):
+            return JSONResponse(await images.complete(req))
         service.check_room(req.sampling.n)
         prepared = await run_in_threadpool(service.prepare_chat, req)
         if await run_in_threadpool(guard.check_input, config.moderation, list(req.messages)):

@@ -214,7 +214,7 @@ def _sampling(body: Mapping, max_tokens_cap: int, logprobs: int | None) -> Sampl
     )
 
 
-def _content(message: Mapping, index: int) -> str:
+def _content(message: Mapping, index: int) -> str | list[dict[str, Any]]:
     content = message.get("content")
     where = f"messages[{index}].content"
     if content is None:
@@ -223,14 +223,23 @@ def _content(message: Mapping, index: int) -> str:
         raise invalid(f"{where} is required", where)
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # content parts: only text is understood by a text model
-        pieces = []
+    if isinstance(content, list):  # content parts: text, and images for a vision-language model
+        pieces, parts = [], []
         for j, part in enumerate(content):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                image = part.get("image_url")
+                url = image.get("url") if isinstance(image, dict) else None
+                if not isinstance(url, str) or not url:
+                    raise invalid(f"{where}[{j}]: an image_url part needs image_url.url (a data:image/...;base64 URL)", where)
+                parts.append({"type": "image_url", "image_url": {"url": url}})
+                continue
             if not isinstance(part, dict) or part.get("type") not in ("text", "input_text") or not isinstance(part.get("text"), str):
                 kind = part.get("type") if isinstance(part, dict) else _kind(part)
-                raise invalid(f"{where}[{j}]: only text content parts are supported, got {kind!r}", where)
+                raise invalid(f"{where}[{j}]: only text and image_url content parts are supported, got {kind!r}", where)
             pieces.append(part["text"])
-        return "".join(pieces)
+            parts.append({"type": "text", "text": part["text"]})
+        # Text-only parts are joined; with an image the parts stay a list (see serve.vision).
+        return parts if any(p["type"] == "image_url" for p in parts) else "".join(pieces)
     raise invalid(f"{where} must be a string or an array of content parts, got {_kind(content)}", where)
 
 
