@@ -119,12 +119,15 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, inputs: AttentionInputs) 
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, inputs: AttentionInputs,
-           window: bool = False) -> torch.Tensor:
+           window: bool = False, gqa: bool | None = None) -> torch.Tensor:
     """q [B, H, T, Dh], k/v [B, K, T, Dh] -> [B, H, T, Dh] through the fused SDPA kernel.
-    `window`: this layer uses the sliding window (`inputs.window_mask`, when the model has one)."""
+    `window`: this layer uses the sliding window (`inputs.window_mask`, when the model has one).
+    `gqa`: H != K, given by layers that know it (read from the shapes, it becomes a symbolic value
+    that SDPA refuses once torch.compile has seen models with other head counts)."""
     if inputs.kv is not None:
         k, v = KVCache.write(inputs.kv, inputs, k, v)  # [B, K, S, Dh]
-    gqa = q.shape[1] != k.shape[1]
+    if gqa is None:
+        gqa = q.shape[1] != k.shape[1]
     dtype = q.dtype
     if q.device.type == "cpu" and dtype == torch.bfloat16:
         # PyTorch's fused CPU attention is several times slower in bf16 than in fp32 (measured).
@@ -237,7 +240,7 @@ class LlamaAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q, inputs.cos, inputs.sin)
         k = apply_rotary(k, inputs.cos, inputs.sin)
-        y = attend(q, k, v, inputs, window=self.sliding)  # [B, H, T, Dh]
+        y = attend(q, k, v, inputs, window=self.sliding, gqa=self.n_heads != self.n_kv)  # [B, H, T, Dh]
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # [B, T, D]
 
 
@@ -359,7 +362,7 @@ class FusedAttention(nn.Module):
         if self.rotary:
             q = apply_rotary(q, inputs.cos, inputs.sin)
             k = apply_rotary(k, inputs.cos, inputs.sin)
-        y = attend(q, k, v, inputs, window=self.sliding)  # [B, H, T, Dh]
+        y = attend(q, k, v, inputs, window=self.sliding, gqa=self.n_heads != self.n_kv)  # [B, H, T, Dh]
         return getattr(self, self.out_name)(y.transpose(1, 2).reshape(B, T, H * Dh))  # [B, T, D]
 
 
@@ -445,14 +448,14 @@ def alibi_slopes(config: ModelConfig) -> torch.Tensor:
     H = config.n_heads
     if config.family == "mpt":
         P = 2 ** math.ceil(math.log2(H))
-        slopes = 2.0 ** (-torch.arange(1, P + 1, dtype=torch.float64) * (config.alibi_bias_max / P))
+        slopes = 2.0 ** (-torch.arange(1, P + 1, dtype=torch.float64, device="cpu") * (config.alibi_bias_max / P))
         if P != H:
             slopes = torch.cat((slopes[1::2], slopes[::2]))[:H]
         return slopes.float()
     P = 2 ** math.floor(math.log2(H))
-    slopes = 2.0 ** (-8.0 / P * torch.arange(1, P + 1, dtype=torch.float64))
+    slopes = 2.0 ** (-8.0 / P * torch.arange(1, P + 1, dtype=torch.float64, device="cpu"))
     if P != H:
-        extra = 2.0 ** (-8.0 / (2 * P) * torch.arange(1, 2 * (H - P), 2, dtype=torch.float64))
+        extra = 2.0 ** (-8.0 / (2 * P) * torch.arange(1, 2 * (H - P), 2, dtype=torch.float64, device="cpu"))
         slopes = torch.cat((slopes, extra))
     return slopes.float()
 
@@ -473,7 +476,8 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight
-        self.register_buffer("alibi", alibi_slopes(config) if config.alibi else None, persistent=False)
+        # ALiBi slopes as plain numbers: no buffer for .to(bfloat16) to round.
+        self.alibi = tuple(alibi_slopes(config).tolist()) if config.alibi else None
 
     @property
     def backbone(self) -> nn.Module:
@@ -545,8 +549,6 @@ class Transformer(nn.Module):
                 module.cos = torch.empty(config.max_seq_len, config.head_size)
                 module.sin = torch.empty(config.max_seq_len, config.head_size)
                 module.reset()
-        if config.alibi:
-            model.alibi = alibi_slopes(config)
         return model.to(device).eval()
 
     @property
@@ -665,7 +667,8 @@ class Transformer(nn.Module):
         if self.config.sliding_window is not None:
             window_mask = mask & (distance < self.config.sliding_window)
         if self.alibi is not None:
-            bias = -self.alibi.float()[:, None, None] * distance  # [B, H, T, S]
+            slopes = torch.tensor(self.alibi, device=distance.device)  # [H]
+            bias = -slopes[:, None, None] * distance  # [B, H, T, S]
             mask = torch.where(mask, bias, float("-inf"))
             if window_mask is not None:
                 window_mask = torch.where(window_mask, bias, float("-inf"))
