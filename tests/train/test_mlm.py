@@ -65,5 +65,7 @@ def test_recipe_runs_and_writes_loadable_folders(tiny_data, tmp_path):
 @pytest.mark.slow
 def test_bert_classifier_beats_chance_by_far(tiny_data, tmp_path):
     torch.set_num_threads(1)
-    recipe = small_recipe(tiny_data, tmp_path / "bert", 200, 300).replace(train_items=3000, heldout_items=200)
+    recipe = small_recipe(tiny_data, tmp_path / "bert", 200, 600).replace(
+        model=BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
+                         max_position_embeddings=64), train_items=3000, heldout_items=200)
     assert run_bert(recipe)["heldout_accuracy"] >= 0.7
