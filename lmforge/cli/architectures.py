@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from lmforge.cli.recipes import recipe_data
+from lmforge.cli.recipes import default_recipe, recipe_data
 from lmforge.core.progress import ProgressDisplay
 from lmforge.io.hf_seq2seq import load_bert
 from lmforge.model.bert import BertForMaskedLM
@@ -74,14 +74,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _train(args: argparse.Namespace, recipe_class: type, flags: dict[str, str], run: Any) -> int:
-    data = recipe_data(args, flags)
-    if "data" not in data:
+    data = merged(default_recipe(recipe_class), recipe_data(args, flags))  # unnamed keys keep the recipe's defaults
+    if data.get("data") is None:
         raise ValueError("give --data (a folder of `lmforge prepare`) or data: in --config")
     recipe = build_dataclass(recipe_class, data, "")
     with ProgressDisplay(enabled=not args.quiet) as display:
         results = run(recipe, display)
     print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
     return 0
+
+
+def merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `changes` laid over it, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def run_fill_mask(args: argparse.Namespace) -> int:

@@ -53,3 +53,17 @@ def test_training_verbs_run_and_report(tiny_data, tmp_path, capsys):
     assert "pretrain" not in results and results["heldout_items"] == 4
     assert main(["t5", "--out", str(tmp_path / "x")]) == 2
     assert "--data" in capsys.readouterr().err
+
+
+def test_overrides_keep_the_recipes_other_defaults():
+    from lmforge.cli.architectures import T5_FLAGS, merged
+    from lmforge.cli.main import build_parser
+    from lmforge.cli.recipes import default_recipe, recipe_data
+    from lmforge.train.config import build_dataclass
+    from lmforge.train.seq2seq import T5Recipe
+
+    args = build_parser().parse_args(["t5", "--data", "d", "--pretrain-time", "240", "model.feed_forward_proj=gated-gelu"])
+    recipe = build_dataclass(T5Recipe, merged(default_recipe(T5Recipe), recipe_data(args, T5_FLAGS)), "")
+    default = T5Recipe(data="d")
+    assert recipe.model == default.model.replace(feed_forward_proj="gated-gelu")
+    assert recipe.pretrain == default.pretrain.replace(time_budget_s=240.0)  # still at most 1000 steps
