@@ -27,11 +27,14 @@ BERT_FLAGS = {"data": "data", "out": "out_dir", "pretrain_steps": "pretrain.max_
 
 
 def _common(parser: argparse.ArgumentParser, name: str) -> None:
-    parser.add_argument("--config", help="a YAML recipe; flags and KEY=VALUE overrides apply on top (default: none, the recipe's defaults)")
-    parser.add_argument("--data", help="a prepared data folder (`lmforge prepare`); its tokenizer is the model's (no default: required here or in --config)")
+    parser.add_argument("--config", help="a YAML recipe; flags and KEY=VALUE overrides apply on top "
+                                         "(default: none, the recipe's defaults)")
+    parser.add_argument("--data", help="a prepared data folder (`lmforge prepare`); its tokenizer is the model's "
+                                       "(no default: required here or in --config)")
     parser.add_argument("--out", help=f"run folder (default runs/{name})")
     parser.add_argument("--pretrain-steps", type=int, help="pretraining steps (default 1000; 0 skips pretraining)")
-    parser.add_argument("--pretrain-time", type=float, help="or: pretraining seconds, ending at whichever comes first (default: no time limit)")
+    parser.add_argument("--pretrain-time", type=float,
+                        help="or: pretraining seconds, ending at whichever comes first (default: no time limit)")
     parser.add_argument("--batch-size", type=int, help="pretraining batch size (default 32)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     parser.add_argument("--seed", type=int, help="seed of weights, data and generated items (default 0)")
@@ -48,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and writes OUT/pretrained, OUT/finetuned (Hugging Face folders) and OUT/results.json. Recipe "
                     "keys: T5Recipe in lmforge/train/seq2seq.py.")
     _common(t5, "t5")
-    t5.add_argument("--task", help="generated task for fine-tuning: add, multiply, count, reverse, convert (default reverse)")
+    t5.add_argument("--task", help="generated task for fine-tuning: add, multiply, count, reverse, convert "
+                                   "(default reverse)")
     t5.add_argument("--pairs", help='JSONL of {"input": ..., "target": ...}, its last heldout_items records held out (default: none, use --task)')
     t5.add_argument("--finetune-steps", type=int, help="fine-tuning steps (default 1000)")
     t5.add_argument("--finetune-time", type=float, help="or: fine-tuning seconds (default: no time limit)")
