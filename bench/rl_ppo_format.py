@@ -13,7 +13,8 @@ number). The steps, each printed with its figures and time:
             follows it, with the reply stripped of that ending: chosen / rejected by the rule alone.
 3. reward   `lmforge rm` on the pairs (Bradley-Terry, LoRA): held-out pairwise accuracy.
 4. PPO      `lmforge rl --algo ppo` with the reward model as the only reward, beta adapted towards
-            --kl-target (half of --kl-bound by default). The held-out prompts are scored before and after, greedy, by the reward model
+            --kl-target (half of --kl-bound by default); a rollout past --kl-bound ends the run and undoes
+            the update that led there (kl_stop). The held-out prompts are scored before and after, greedy, by the reward model
             and by the rule (the share of replies that follow it): the behaviour, not only the score.
 
 Acceptance: the held-out mean reward and the rule's rate both rise, while the KL to the reference
@@ -123,12 +124,13 @@ def main() -> None:
         "eval_prompts": str(held_prompts), "eval_rewards": [reward, "format"], "eval_items": args.heldout,
         "out_dir": str(out / "ppo"), "prompts_per_step": args.prompts_per_step, "max_new_tokens": args.max_new_tokens,
         "max_steps": args.ppo_steps, "beta": args.beta, "kl_target": kl_target, "kl_horizon": kl_horizon,
+        "kl_stop": args.kl_bound,
         "kl_estimator": "k3", "optim": {"lr": args.lr, "weight_decay": 0.0}, "dtype": "bfloat16",
         "threads": args.threads, "log_every": 1})
     command = (f"lmforge rl --algo ppo --prompts {train_prompts} --reward {reward} --eval-prompts {held_prompts} "
                f"--eval-reward {reward} --eval-reward format --eval-items {args.heldout} --prompts-per-step "
                f"{args.prompts_per_step} --max-new-tokens {args.max_new_tokens} --max-steps {args.ppo_steps} --beta "
-               f"{args.beta} --kl-target {kl_target} --lr {args.lr} --dtype bfloat16 --threads {args.threads} "
+               f"{args.beta} --kl-target {kl_target} --kl-stop {args.kl_bound} --lr {args.lr} --dtype bfloat16 --threads {args.threads} "
                f"--out {out / 'ppo'} kl_horizon={kl_horizon} kl_estimator=k3")
     print(f"ppo: {command}", flush=True)
     mark = time.perf_counter()
@@ -139,8 +141,12 @@ def main() -> None:
     print(f"ppo: {result.steps} steps in {result.train_seconds:.0f}s of training  [{time.perf_counter() - mark:.0f}s]")
     print(f"held-out ({after['n']:.0f} prompts, greedy): reward-model score {before[reward]:.3f} -> {after[reward]:.3f}; "
           f"rule followed {before['format']:.1%} -> {after['format']:.1%}")
-    verdict = "within" if max(kls) < args.kl_bound else "EXCEEDED"
-    print(f"KL to the reference (objective/kl, nats per completion): max {max(kls):.3f}, last {kls[-1]:.3f}; "
+    verdict = "within" if max(kls) <= args.kl_bound else "EXCEEDED"
+    if result.kl_stopped is not None:
+        print(f"kl_stop: a rollout after step {result.steps + 1} measured KL {result.kl_stopped:.3f} > {args.kl_bound}: "
+              f"that update was undone and the run ended at step {result.steps}")
+    print(f"KL to the reference (objective/kl, nats per completion) of the kept steps: max {max(kls):.3f}, "
+          f"last {kls[-1]:.3f}; "
           f"bound {args.kl_bound} {verdict}; controller target {kl_target}, horizon {kl_horizon} episodes; "
           f"final beta {result.history[-1]['objective/kl_coef']:.4f}")
     print(f"total {time.perf_counter() - started:.0f}s; curves: {out / 'ppo' / 'rl.png'}")

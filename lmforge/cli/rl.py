@@ -67,6 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--clip-range-high", type=float, help="upper epsilon (DAPO clip-higher; default = --clip-range)")
     parser.add_argument("--beta", type=float, help="KL coefficient to the reference (default grpo/reinforce 0, ppo 0.05)")
     parser.add_argument("--kl-target", type=float, help="PPO: adapt beta so the KL tracks this (default: fixed beta)")
+    parser.add_argument("--kl-stop", type=float,
+                        help="PPO: end the run when a rollout's KL to the reference (nats per completion) passes this, "
+                             "undoing the update that led there (default: no bound)")
     parser.add_argument("--lr", type=float, help="learning rate (default 1e-4 for lora, 1e-5 for full)")
     parser.add_argument("--max-steps", type=int, help="steps (default 100)")
     parser.add_argument("--time-budget", type=float, help="seconds of training (rollouts included, held-out scoring not) (default: none, no time limit)")
@@ -89,7 +92,7 @@ _FLAGS = {
     "max_new_tokens": "max_new_tokens", "temperature": "temperature", "top_p": "top_p", "epochs": "epochs",
     "mini_batches": "mini_batches", "micro_batch_size": "micro_batch_size", "loss_type": "loss_type",
     "scale_rewards": "scale_rewards", "clip_range": "clip_range", "clip_range_high": "clip_range_high", "beta": "beta",
-    "kl_target": "kl_target", "lr": "optim.lr", "max_steps": "max_steps", "time_budget": "time_budget_s",
+    "kl_target": "kl_target", "kl_stop": "kl_stop", "lr": "optim.lr", "max_steps": "max_steps", "time_budget": "time_budget_s",
     "eval_items": "eval_items", "eval_every": "eval_every", "eval_prompts": "eval_prompts", "eval_rewards": "eval_rewards",
     "save_every": "save_every", "out": "out_dir", **RUN_FLAGS,
 }

@@ -127,6 +127,8 @@ class RLConfig(RecipeConfig):
     kl_estimator: Literal["k1", "k3"] = "k1"  # PPO's per-token KL penalty
     kl_target: float | None = None  # PPO: adapt beta so the KL tracks this (Ziegler et al.); None: fixed beta
     kl_horizon: int = 10000
+    kl_stop: float | None = None  # PPO: end the run when a rollout's KL (objective/kl) passes this, undoing the
+    #                               update that led there, so the kept policy is the last one measured inside it
     track_kl: bool = True  # compute the reference's log-probs to log the KL even when beta is 0
     skip_zero_advantage: bool = True  # no forward/backward for completions whose gradient is 0 (beta 0, not PPO)
     gamma: float = 1.0  # PPO
@@ -178,6 +180,9 @@ class RLConfig(RecipeConfig):
             raise ValueError("clip ranges must be >= 0")
         if self.beta < 0 or (self.kl_target is not None and self.kl_target <= 0):
             raise ValueError("beta must be >= 0 and kl_target > 0")
+        if self.kl_stop is not None and (self.algo != "ppo" or self.kl_stop <= 0):
+            raise ValueError(f"kl_stop must be > 0 and needs algo ppo (whose rollouts measure the KL to the reference), "
+                             f"got kl_stop={self.kl_stop} with algo {self.algo}")
         if not 0 < self.temperature <= 10:
             raise ValueError(f"temperature must be in (0, 10] (sampling is what RL learns from), got {self.temperature}")
 
@@ -206,6 +211,7 @@ class RLResult:
     scores_after: dict[str, float] | None
     stopped_by: str | None
     history: list[dict[str, float]] = field(default_factory=list)  # the logged step records
+    kl_stopped: float | None = None  # the rollout KL that passed kl_stop (its update undone), if one did
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,6 +223,7 @@ class RLState(RunState):
 
     episodes: int = 0  # completions generated
     kl_coef: float = 0.0  # beta now (adaptive with kl_target)
+    kl_stopped: float | None = None  # the rollout KL that passed kl_stop and ended the run
     scores_before: dict[str, float] | None = None
     scores_after: dict[str, float] | None = None
 
@@ -242,6 +249,7 @@ class RLRun:
     score: TaskScorer | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     twin: Transformer | None = None  # the copy rollouts sample from (see `sampler`)
+    before_update: dict[str, Any] | None = None  # with kl_stop: weights and optimizer before the last update
 
     @property
     def out(self) -> Path:
@@ -492,11 +500,42 @@ def _variance(values: Sequence[float]) -> float:
     return sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
 
 
+class KLStop(Exception):
+    """A rollout's KL to the reference passed `kl_stop`."""
+
+    def __init__(self, kl: float) -> None:
+        super().__init__(f"rollout KL {kl:.3f}")
+        self.kl = kl
+
+
+def snapshot(run: RLRun) -> dict[str, Any]:
+    """The trainable weights and the optimizer's state, copied (LoRA: the adapters and value head only)."""
+    weights = {name: p.detach().clone() for name, p in run.trainable.named_parameters() if p.requires_grad}
+    return {"weights": weights, "optimizer": copy.deepcopy(run.optimizer.state_dict())}
+
+
+def undo_last_update(run: RLRun) -> None:
+    """Puts back the weights and optimizer state `snapshot` took before the last update."""
+    saved = run.before_update
+    assert saved is not None
+    with torch.no_grad():
+        for name, p in run.trainable.named_parameters():
+            if name in saved["weights"]:
+                p.copy_(saved["weights"][name])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.state.step -= 1
+
+
 def rl_step(run: RLRun) -> dict[str, float]:
-    """One step of the loop: collect experience (steps 1-5), learn from it (step 6), count it."""
+    """One step of the loop: collect experience (steps 1-5), learn from it (step 6), count it.
+    With kl_stop, a rollout whose KL passes it raises KLStop before anything is learned from it."""
     started = time.perf_counter()
     exp = collect(run)
     collected = time.perf_counter()
+    if run.config.kl_stop is not None:
+        if exp.stats["objective/kl"] > run.config.kl_stop:
+            raise KLStop(exp.stats["objective/kl"])
+        run.before_update = snapshot(run)
     stats = exp.stats | update(run, exp) | {"time/update_s": time.perf_counter() - collected}
     run.state.step += 1
     run.state.tokens += int(exp.batch.mask.sum())
@@ -594,7 +633,11 @@ def train(run: RLRun, signals: StopSignals) -> None:
     checkpoints on their schedules, with the training clock paused."""
     config, state = run.config, run.state
     while run.progress < 1.0:
-        stats = rl_step(run)
+        try:
+            stats = rl_step(run)
+        except KLStop as stop:
+            kl_stop_reached(run, stop.kl)
+            return
         record = {"step": state.step, "tokens": state.tokens, "time_s": round(run.clock.seconds, 3)} | {
             k: round(v, 6) if isinstance(v, float) else v for k, v in stats.items()}
         run.history.append(record)
@@ -612,6 +655,20 @@ def train(run: RLRun, signals: StopSignals) -> None:
                 return
 
 
+def kl_stop_reached(run: RLRun, kl: float) -> None:
+    """The policy of the last update left the KL bound: undo that update (the policy before it was
+    measured inside) and end the run; logged, and said on the display."""
+    state = run.state
+    undone = state.step
+    if run.before_update is not None:
+        undo_last_update(run)
+    state.kl_stopped = kl
+    run.metrics.log(step=state.step, time_s=round(run.clock.seconds, 3), **{"kl_stop/rollout_kl": round(kl, 6),
+                    "kl_stop/bound": run.config.kl_stop, "kl_stop/undone_step": undone})
+    run.display.message(f"rollout KL {kl:.3f} > kl_stop {run.config.kl_stop}: step {undone}'s update undone, "
+                        f"the run ends at step {state.step}")
+
+
 def finish(run: RLRun) -> RLResult:
     """The last held-out score, the final checkpoint, the PEFT adapter and summary.json (all but
     the result skipped when a signal stopped the run)."""
@@ -627,7 +684,7 @@ def finish(run: RLRun) -> RLResult:
         if config.method == "lora":
             adapter, _ = save_lora_outputs(run.model, run.tokenizer, run.out, config.model, False, run.display)
     result = RLResult(run.out, state.checkpoint, adapter, state.step, state.train_seconds, state.scores_before,
-                      state.scores_after, state.stopped_by, run.history)
+                      state.scores_after, state.stopped_by, run.history, state.kl_stopped)
     if not state.stopped_by:
         last = run.history[-1] if run.history else {}
         summary = {"model": config.model, "algo": config.algo, "method": config.method, "steps": state.step,
@@ -636,6 +693,9 @@ def finish(run: RLRun) -> RLResult:
                    "final_reward": last.get("reward"), "final_kl": last.get("kl", last.get("objective/kl")),
                    "checkpoint": str(state.checkpoint) if state.checkpoint else None,
                    "adapter": str(adapter) if adapter else None}
+        if state.kl_stopped is not None:
+            summary["kl_stop"] = {"bound": config.kl_stop, "rollout_kl": round(state.kl_stopped, 6),
+                                  "undone_step": state.step + 1}
         write_text_atomically(run.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return result
 

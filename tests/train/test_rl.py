@@ -134,6 +134,34 @@ def test_skipping_zero_advantage_completions_changes_nothing_but_the_work(tiny_c
         assert torch.allclose(x, y, atol=1e-5), (name, (x - y).abs().max())
 
 
+def test_kl_stop_undoes_the_update_that_left_the_bound(tiny_chat_model, tmp_path):
+    """PPO with kl_stop: the first rollout whose KL passes the bound ends the run, the update that
+    produced that policy is undone, and the weights kept are those of a run that stopped one step
+    earlier; nothing past the bound is trained on."""
+    common = dict(algo="ppo", method="lora", prompts_per_step=4, beta=0.0, deterministic=True)
+    free = train_rl(config_for(tiny_chat_model, tmp_path / "free", max_steps=6, **common), [Reward("ones", ones)],
+                    show_progress=False)
+    kls = [r["objective/kl"] for r in free.history]  # kls[s - 1]: the rollout of step s, after s - 1 updates
+    crossing = next(s for s in range(3, 7) if kls[s - 1] > max(kls[:s - 1]))
+    bound = (max(kls[:crossing - 1]) + kls[crossing - 1]) / 2
+    bounded = train_rl(config_for(tiny_chat_model, tmp_path / "bounded", max_steps=6, kl_stop=bound, **common),
+                       [Reward("ones", ones)], show_progress=False)
+    assert bounded.kl_stopped == pytest.approx(kls[crossing - 1], rel=1e-5)
+    assert bounded.steps == crossing - 2  # step crossing - 1's update made the policy that left the bound
+    assert all(r["objective/kl"] <= bound for r in bounded.history)
+    summary = json.loads((tmp_path / "bounded" / "summary.json").read_text())
+    assert summary["steps"] == crossing - 2 and summary["kl_stop"]["undone_step"] == crossing - 1
+    assert any(r.get("kl_stop/undone_step") == crossing - 1 for r in records(tmp_path / "bounded"))
+    shorter = train_rl(config_for(tiny_chat_model, tmp_path / "shorter", max_steps=crossing - 2, **common),
+                       [Reward("ones", ones)], show_progress=False)
+    a, b = load_train_state(bounded.checkpoint), load_train_state(shorter.checkpoint)
+    for name, value in b["lora"].items():
+        assert torch.equal(a["lora"][name], value), name
+    assert torch.equal(a["value_head"], b["value_head"])
+    with pytest.raises(ValueError, match="kl_stop must be > 0 and needs algo ppo"):
+        RLConfig(algo="grpo", kl_stop=1.0)
+
+
 def test_a_failing_reward_stops_the_run_and_keeps_the_last_checkpoint(tiny_chat_model, tmp_path):
     calls = {"n": 0}
 
