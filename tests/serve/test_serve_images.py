@@ -76,7 +76,7 @@ def test_round_trip_with_the_openai_client(vision_model):
         text = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert text.choices[0].message.role == "assistant"
         for url, message in ((bomb_url(), "decompression bomb"), (png_url()[:60], "truncated|corrupt|base64"),
-                             ("data:image/png;base64," + base64.b64encode(b"GIF89a junk").decode(), "accepted format"),
+                             ("data:image/png;base64," + base64.b64encode(b"%PDF-1.4 not a picture").decode(), "accepted format"),
                              ("/etc/passwd", "only data:image"), ("https://example.com/a.png", "not fetched")):
             with pytest.raises(BadRequestError, match=message):
                 client.chat.completions.create(model=MODEL, messages=ask(url), max_tokens=3)
