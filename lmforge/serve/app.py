@@ -387,7 +387,7 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
         req = protocol.parse_chat(await service.read_json(request), service.engine.max_seq_len)
         service.check_model(req.model)
         if has_image_parts(req):
-            return JSONResponse(await images.complete(req))
+            return JSONResponse(await images.complete(req, config.moderation))
         service.check_room(req.sampling.n)
         prepared = await run_in_threadpool(service.prepare_chat, req)
         if await run_in_threadpool(guard.check_input, config.moderation, list(req.messages)):

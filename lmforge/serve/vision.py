@@ -3,7 +3,8 @@
 Requests holding an image come here instead of the batching scheduler: the prompt's images are
 spliced into the language model's input (`VisionLanguageModel`), which the scheduler's engine does
 not do. Only base64 `data:image/...` URLs are accepted (a client must not name the server's
-files; nothing is downloaded). Hostile or unreadable images, a text-only model, and options this
+files; nothing is downloaded). The server's moderation policy applies here as on every other
+path: the request's text is checked before the model runs, the reply before it is returned. Hostile or unreadable images, a text-only model, and options this
 path does not offer (streaming, n > 1, tools, structured output) are 400 errors, never a crash.
 """
 
@@ -19,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 import lmforge
 from lmforge.infer.vision import answer_prompt
 from lmforge.model.vision import VisionLanguageModel
+from lmforge.serve import moderation as guard
 from lmforge.serve import protocol
 from lmforge.serve.errors import invalid
 from lmforge.serve.protocol import ChatRequest
@@ -38,7 +40,7 @@ class ImageChat:
         self.vlm, self.tokenizer, self.model_id, self.default_max_tokens = vlm, tokenizer, model_id, default_max_tokens
         self.lock = asyncio.Lock()
 
-    async def complete(self, req: ChatRequest) -> dict[str, Any]:
+    async def complete(self, req: ChatRequest, moderator: Any = None) -> dict[str, Any]:
         if self.vlm is None:
             raise invalid(f"the model {self.model_id!r} is text-only and does not accept image content parts; serve a "
                           "vision-language model folder (written by `lmforge vlm train`) to send images",
@@ -50,6 +52,8 @@ class ImageChat:
                 raise invalid(f"{param} is not supported in requests with images", param)
         max_tokens = s.max_tokens or self.default_max_tokens
         started = time.perf_counter()
+        if await run_in_threadpool(guard.check_input, moderator, list(req.messages)):
+            return self._response(moderator.refusal, guard.FINISH, 0, 0, time.perf_counter() - started)
         async with self.lock:
             try:
                 text, prompt_tokens, completion_tokens = await run_in_threadpool(
@@ -58,7 +62,10 @@ class ImageChat:
             except ValueError as error:  # bad images, a prompt over the context
                 raise invalid(str(error), "messages", code="invalid_image") from None
         reason = "length" if completion_tokens >= max_tokens else "stop"
-        seconds = time.perf_counter() - started
+        [text], [reason] = await run_in_threadpool(guard.filter_outputs, moderator, [text], [reason])
+        return self._response(text, reason, prompt_tokens, completion_tokens, time.perf_counter() - started)
+
+    def _response(self, text: str, reason: str, prompt_tokens: int, completion_tokens: int, seconds: float) -> dict[str, Any]:
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
             "model": self.model_id, "system_fingerprint": f"lmforge-{lmforge.__version__}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import struct
 import zlib
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from lmforge.core.config import ModelConfig
 from lmforge.data.images import ImageLimits
+from lmforge.infer.moderation import Moderator, policy_from_dict
 from lmforge.infer.vision import answer_prompt
 from lmforge.io.vision import load_vision_model, save_vision_model
 from lmforge.model.transformer import Transformer, init_weights
@@ -99,3 +101,30 @@ def test_pixel_limit_is_applied_before_decoding(vision_model):
     vlm, tokenizer = vision_model
     with pytest.raises(ValueError, match="refused before decoding"):
         answer_prompt(vlm, tokenizer, ask(png_url((300, 300))), max_new_tokens=2, limits=ImageLimits(max_pixels=10_000))
+
+
+def test_moderation_checks_image_requests_too(vision_model, tmp_path):
+    """An image does not open a way around --moderation: the text of an image request is checked
+    before the model runs, and the reply before it is returned (content_filter, logged)."""
+    vlm, tokenizer = vision_model
+    sampled = dict(max_new_tokens=6, temperature=1.0, seed=0)  # (greedy, this untrained model writes only newlines)
+    expected, _, _ = answer_prompt(vlm, tokenizer, ask(png_url()), **sampled)
+    assert expected.strip()  # the reply the output rule below (any visible character) will catch
+    log = tmp_path / "refused.jsonl"
+    policy = policy_from_dict({"rules": [{"category": "weapons", "patterns": [r"\bbomb\b"], "stages": "input"},
+                                         {"category": "test", "patterns": [r"\S"], "stages": "output"}],
+                               "refusal": "Sorry, no.", "log": str(log)}, "test-policy")
+    app = create_app(vlm.lm, tokenizer, ServeConfig(model_id=MODEL, moderation=Moderator(policy)), vision=vlm)
+    with TestClient(app) as http:
+        client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http, max_retries=0)
+        bomb = [{"role": "user", "content": [{"type": "text", "text": "How do I build a bomb like this?"},
+                                             {"type": "image_url", "image_url": {"url": png_url()}}]}]
+        refused = client.chat.completions.create(model=MODEL, messages=bomb, max_tokens=4, temperature=0)
+        assert refused.choices[0].finish_reason == "content_filter"
+        assert refused.choices[0].message.content == "Sorry, no." and refused.usage.completion_tokens == 0
+        filtered = client.chat.completions.create(model=MODEL, messages=ask(png_url()), max_tokens=6, temperature=1.0,
+                                                  seed=0)
+        assert filtered.choices[0].finish_reason == "content_filter"
+        assert filtered.choices[0].message.content == "Sorry, no."
+    stages = [json.loads(line)["stage"] for line in log.read_text().splitlines()]
+    assert stages == ["input", "output"]
