@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,8 @@ def _mpt_config(data: dict[str, Any], need, refuse) -> ModelConfig:
     )
 
 
-def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(folder: Path, keep: Callable[[str], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the folder's *.safetensors files (only the names `keep` accepts, when given)."""
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
@@ -194,6 +196,8 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         try:
             with safe_open(file, framework="pt") as handle:
                 for key in handle.keys():
+                    if keep is not None and not keep(key):
+                        continue
                     if key in tensors:
                         raise ValueError(f"{file.name}: tensor {key!r} appears in more than one file")
                     tensors[key] = handle.get_tensor(key)

@@ -1,6 +1,8 @@
 """Vision-language model folders: FOLDER/lm (the language model as a Hugging Face folder, LoRA
 merged), FOLDER/vision.safetensors (encoder and projector) and FOLDER/vision.json (their shape and
-the image placeholder token). Written to a temporary folder and renamed: never half a model."""
+the image placeholder token; for a CLIP/SigLIP tower in the small ViT's place, also the tower's
+config and pixel normalisation under "tower"). Written to a temporary folder and renamed: never
+half a model."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from lmforge.io.hf import save_pretrained
 from lmforge.model.lora import lora_modules, merged_state_dict
 from lmforge.model.transformer import Transformer
 from lmforge.model.vision import Projector, VisionConfig, VisionEncoder, VisionLanguageModel
+from lmforge.model.vision_tower import TowerEncoder
 from lmforge.tokenizer.tokenizer import Tokenizer
 
 __all__ = ["is_vision_folder", "load_vision_model", "save_vision_model"]
@@ -37,7 +40,8 @@ def save_vision_model(folder: str | os.PathLike, vlm: VisionLanguageModel, token
         weights = {f"encoder.{k}": v.detach().contiguous().cpu() for k, v in vlm.encoder.state_dict().items()}
         weights.update({f"projector.{k}": v.detach().contiguous().cpu() for k, v in vlm.projector.state_dict().items()})
         save_file(weights, str(tmp / "vision.safetensors"))
-        (tmp / "vision.json").write_text(json.dumps({"vision": vlm.config.to_dict(), **(meta or {})}, indent=1) + "\n")
+        tower = {"tower": vlm.encoder.describe()} if isinstance(vlm.encoder, TowerEncoder) else {}
+        (tmp / "vision.json").write_text(json.dumps({"vision": vlm.config.to_dict(), **tower, **(meta or {})}, indent=1) + "\n")
 
     return write_folder_atomically(folder, write)
 
@@ -48,13 +52,15 @@ def load_vision_model(folder: str | os.PathLike, dtype: torch.dtype = torch.floa
 
     folder = Path(folder)
     try:
-        config = VisionConfig.from_dict(json.loads((folder / "vision.json").read_text())["vision"])
+        info = json.loads((folder / "vision.json").read_text())
+        config = VisionConfig.from_dict(info["vision"])
+        encoder = TowerEncoder.from_description(info["tower"], config) if "tower" in info else VisionEncoder(config)
     except FileNotFoundError:
         raise ValueError(f"{folder} is not a vision-language model folder (no vision.json)") from None
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError) as error:  # JSONDecodeError is a ValueError
         raise ValueError(f"{folder}/vision.json is not a vision config ({error})") from None
     lm, tokenizer = load_model(folder / "lm", dtype=dtype)
-    encoder, projector = VisionEncoder(config), Projector(config)
+    projector = Projector(config)
     weights = load_file(str(folder / "vision.safetensors"))
     for prefix, module in (("encoder.", encoder), ("projector.", projector)):
         part = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}

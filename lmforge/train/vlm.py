@@ -5,6 +5,8 @@ stopped run continues at the next unfinished stage):
   encoder   the small ViT pretrained on the training pictures alone: one linear head per attribute
             (colour, shape, count, position, size) over its mean patch feature. (A stand-in for the
             CLIP/SigLIP tower LLaVA starts from; the held-out colour-shape pairs are never shown.)
+            With `vision_tower` (a local CLIP/SigLIP folder) that tower is the encoder instead,
+            frozen as it is, and this part is skipped.
   stage 1   the projector alone learns to caption (encoder and language model frozen).
   stage 2   projector + LoRA on the language model learn to answer questions about pictures.
   baseline  the same LoRA recipe on the same captions and questions with the pictures removed: a
@@ -38,6 +40,7 @@ from lmforge.data.images import image_to_tensor, load_image
 from lmforge.data.shapes import COLOURS, COUNTS, POSITIONS, SHAPES, SIZES
 from lmforge.io.registry import load_model
 from lmforge.io.vision import is_vision_folder, load_vision_model, save_vision_model
+from lmforge.io.vision_tower import load_tower_encoder
 from lmforge.model.lora import apply_lora
 from lmforge.model.transformer import Transformer
 from lmforge.model.vision import Projector, VisionConfig, VisionEncoder, VisionLanguageModel
@@ -67,6 +70,8 @@ class VLMRecipe:
     lm: str = "smollm2-135m-instruct"
     lm_layers: int = 0  # keep only the first N decoder layers of the language model (0: all)
     vision: VisionConfig = VisionConfig()
+    vision_tower: str = ""  # a local CLIP/SigLIP folder used as the (frozen) encoder instead of the small ViT
+    vision_feature_layer: int = -1  # with vision_tower: -1 its last_hidden_state, else its hidden_states[N]
     encoder: StageConfig = StageConfig(steps=300, lr=2e-3, batch_size=64)
     stage1: StageConfig = StageConfig(steps=200, lr=2e-3)
     stage2: StageConfig = StageConfig(steps=200, lr=1e-3)
@@ -252,7 +257,6 @@ def train_vlm(recipe: VLMRecipe, evaluate: Callable[..., dict[str, Any]] | None,
     # a continued run keeps the records of the stages it does not repeat
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=1 << 40 if (out / "metrics.jsonl").exists() else None)
     report: dict[str, Any] = {"recipe": json.loads(json.dumps(dataclasses.asdict(recipe))), "stages": {}}
-    bank = ImageBank(data, recipe.vision.image_size)
 
     started = time.perf_counter()
     lm, tokenizer = load_model(recipe.lm)
@@ -260,7 +264,16 @@ def train_vlm(recipe: VLMRecipe, evaluate: Callable[..., dict[str, Any]] | None,
     say(f"language model {recipe.lm}: {lm.config.n_layers} layers, width {lm.config.dim} "
         f"(loaded in {time.perf_counter() - started:.0f}s)")
     image_token, image_id = choose_image_token(tokenizer, recipe.vision.image_token or None)
-    vision = dataclasses.replace(recipe.vision, lm_dim=lm.config.dim, image_token=image_token)
+    if recipe.vision_tower:
+        encoder = load_tower_encoder(recipe.vision_tower, pool=recipe.vision.pool, lm_dim=lm.config.dim,
+                                     image_token=image_token, feature_layer=recipe.vision_feature_layer)
+        vision = encoder.config
+        say(f"vision tower {recipe.vision_tower}: {encoder.tower.config.kind}, {vision.n_layers} layers, width "
+            f"{vision.dim}, {vision.image_size}px pictures, {vision.tokens_per_image} image tokens")
+    else:
+        vision = dataclasses.replace(recipe.vision, lm_dim=lm.config.dim, image_token=image_token)
+        encoder = VisionEncoder(vision)
+    bank = ImageBank(data, vision.image_size)
     pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else 0
     captions, questions = read_records(data, "train", "captions"), read_records(data, "train", "qa")
 
@@ -273,8 +286,9 @@ def train_vlm(recipe: VLMRecipe, evaluate: Callable[..., dict[str, Any]] | None,
             write_text_atomically(out / "report.json", json.dumps(report, indent=1) + "\n")
 
     # encoder pretraining
-    encoder = VisionEncoder(vision)
-    if (out / "encoder" / "encoder.safetensors").is_file():
+    if recipe.vision_tower:
+        say("encoder: the vision tower, frozen (no pretraining)")
+    elif (out / "encoder" / "encoder.safetensors").is_file():
         from safetensors.torch import load_file
 
         encoder.load_state_dict(load_file(str(out / "encoder" / "encoder.safetensors")))

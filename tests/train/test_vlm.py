@@ -3,9 +3,11 @@ folder that loads back, is evaluated, and a second run continues instead of repe
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
+import torch
 
 from lmforge.core.config import ModelConfig
 from lmforge.data.shapes import write_shapes_dataset
@@ -68,3 +70,22 @@ def test_truncate_and_recipe_checks(setup):
         VLMRecipe(data="d", out="o", lm_layers=-1)
     with pytest.raises(ValueError, match="stage1: steps must be"):
         VLMRecipe(data="d", out="o", stage1=StageConfig(steps=-1))
+
+
+def test_recipe_with_a_clip_tower_in_place_of_the_vit(setup, tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    root, data = setup
+    torch.manual_seed(0)
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                     image_size=24, patch_size=6)).save_pretrained(tmp_path / "clip")
+    said = []
+    run = recipe(root, data, vision_tower=str(tmp_path / "clip"), vision_feature_layer=-2, baseline=False)
+    train_vlm(dataclasses.replace(run, out=str(tmp_path / "run"), eval_items=0), None, say=said.append)
+    assert any("vision tower" in line and "clip, 2 layers, width 32" in line for line in said)
+    assert not any(line.startswith("encoder step") for line in said)  # no encoder pretraining
+    stages = {json.loads(line)["stage"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()}
+    assert stages == {"stage1", "stage2"}
+    vlm, _ = load_vision_model(tmp_path / "run" / "stage2")
+    assert type(vlm.encoder).__name__ == "TowerEncoder" and vlm.encoder.feature_layer == -2
+    assert vlm.image_features(torch.zeros(1, 3, 24, 24)).shape == (1, 4, 32)
