@@ -11,6 +11,7 @@ from typing import Any
 from lmforge.core.config import ModelConfig
 from lmforge.core.cost import COST_FILE, Rates, TokenCounter, cost_record
 from lmforge.core.files import write_text_atomically
+from lmforge.model.lstm import LSTMConfig
 from lmforge.train.scaling import flops_per_token
 
 __all__ = ["eval_cost", "forward_flops", "write_training_cost"]
@@ -29,11 +30,12 @@ def eval_cost(counter: TokenCounter, config: ModelConfig, seconds: float, rates:
                        tokens=counter.tokens, kind="evaluation (forward passes)")
 
 
-def write_training_cost(out_dir: str | os.PathLike, model: ModelConfig, seq_len: int, tokens: int, seconds: float,
-                        rates: Rates | None = None) -> Path:
+def write_training_cost(out_dir: str | os.PathLike, model: ModelConfig | LSTMConfig, seq_len: int, tokens: int,
+                        seconds: float, rates: Rates | None = None) -> Path:
     """OUT_DIR/cost.json of a training run: FLOPs = training FLOPs per token (forward and backward,
-    attention over seq_len) x tokens trained."""
-    record = cost_record(flops_per_token(model, seq_len) * tokens, seconds, rates or Rates.from_env(), tokens=tokens,
-                         kind="training (forward + backward)", flops_per_token=flops_per_token(model, seq_len),
+    attention over seq_len; an LSTM's are the same at any length) x tokens trained."""
+    per_token = model.training_flops_per_token() if isinstance(model, LSTMConfig) else flops_per_token(model, seq_len)
+    record = cost_record(per_token * tokens, seconds, rates or Rates.from_env(), tokens=tokens,
+                         kind="training (forward + backward)", flops_per_token=per_token,
                          parameters=model.num_parameters())
     return write_text_atomically(Path(out_dir) / COST_FILE, json.dumps(record, indent=1) + "\n")

@@ -9,6 +9,7 @@ recipe (the defaults, or --config with its overrides) as YAML instead of trainin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -76,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
         from lmforge.cli.costs import write_training_cost
         from lmforge.data.shards import TokenData
 
-        model = config.model.replace(vocab_size=TokenData.open(config.data).meta["vocab_size"], max_seq_len=config.seq_len)
+        vocab_size = TokenData.open(config.data).meta["vocab_size"]
+        model = (dataclasses.replace(config.lstm, vocab_size=vocab_size) if config.architecture == "lstm"
+                 else config.model.replace(vocab_size=vocab_size, max_seq_len=config.seq_len))
         write_training_cost(result.out_dir, model, config.seq_len, result.tokens, result.train_seconds)
     if result.checkpoint is not None and not args.quiet:
-        print(f"checkpoint: {result.checkpoint}  (try: lmforge generate --model {result.checkpoint} --prompt ...)")
+        hint = ("an LSTM folder: lmforge.io.hf_seq2seq.load_lstm reads it" if config.architecture == "lstm"
+                else f"try: lmforge generate --model {result.checkpoint} --prompt ...")
+        print(f"checkpoint: {result.checkpoint}  ({hint})")
     return 0

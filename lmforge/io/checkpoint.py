@@ -3,7 +3,8 @@
 Layout under a run's checkpoint root:
     step_00000500/          one complete checkpoint
         config.json, model.safetensors, tokenizer.json, ...   (`save_pretrained`: loadable by
-                                                                lmforge and by `transformers`)
+                                                                lmforge and by `transformers`;
+                                                                an LSTM's: io/hf_seq2seq.py)
         train_state.pt      optimizer, schedule position, data-loader position, RNG states;
                             plain tensors and containers only, loaded with weights_only=True
         meta.json           step, tokens, losses, run config (human-readable)
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 
 from lmforge.io.hf import load_pretrained, save_pretrained
+from lmforge.io.hf_seq2seq import load_lstm, write_hf_files
+from lmforge.model.lstm import LSTMLanguageModel
 from lmforge.model.transformer import Transformer
 from lmforge.tokenizer.tokenizer import Tokenizer
 
@@ -82,7 +85,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(descriptor)
 
 
-def save_checkpoint(root: str | os.PathLike, step: int, model: Transformer, tokenizer: Tokenizer | None,
+def save_checkpoint(root: str | os.PathLike, step: int, model: Transformer | LSTMLanguageModel, tokenizer: Tokenizer | None,
                     train_state: dict[str, Any], meta: dict[str, Any], keep: int = 2) -> Path:
     """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the newest `keep`."""
     root = Path(root)
@@ -93,7 +96,10 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: Transformer, toke
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        save_pretrained(model, tokenizer, tmp)
+        if isinstance(model, LSTMLanguageModel):  # model_type lmforge-lstm (io/hf_seq2seq.py)
+            write_hf_files(model, tokenizer, tmp)
+        else:
+            save_pretrained(model, tokenizer, tmp)
         torch.save(train_state, tmp / TRAIN_STATE)
         (tmp / META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
         _fsync_tree(tmp)
@@ -136,9 +142,12 @@ def load_meta(folder: str | os.PathLike) -> dict[str, Any]:
     return json.loads((Path(folder) / META).read_text())
 
 
-def load_weights_into(model: Transformer, folder: str | os.PathLike) -> None:
+def load_weights_into(model: Transformer | LSTMLanguageModel, folder: str | os.PathLike) -> None:
     """Copy a checkpoint's weights into an existing model of the same configuration."""
-    loaded, _ = load_pretrained(folder, dtype=None)
+    if isinstance(model, LSTMLanguageModel):
+        loaded = load_lstm(folder, dtype=next(model.parameters()).dtype)
+    else:
+        loaded, _ = load_pretrained(folder, dtype=None)
     if loaded.config != model.config:
         raise CheckpointError(f"{folder} holds a different model configuration than this run "
                               f"({loaded.config} vs {model.config})")

@@ -89,6 +89,12 @@ def stored_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_hf_folder(model: Seq2SeqModel, tokenizer: Tokenizer | None, folder: str | os.PathLike) -> Path:
     """Write `model` (and its tokenizer) as a Hugging Face folder, atomically."""
+    return write_folder_atomically(folder, lambda tmp: write_hf_files(model, tokenizer, tmp))
+
+
+def write_hf_files(model: Seq2SeqModel, tokenizer: Tokenizer | None, folder: Path) -> None:
+    """config.json, model.safetensors and the tokenizer's files into an existing folder (a
+    temporary one the caller renames: `save_hf_folder`, training checkpoints)."""
     dtype = next(model.parameters()).dtype
     if isinstance(model, T5ForConditionalGeneration):
         config = t5_hf_config(model.config, dtype)
@@ -100,13 +106,10 @@ def save_hf_folder(model: Seq2SeqModel, tokenizer: Tokenizer | None, folder: str
         for key, value in (("bos_token_id", tokenizer.bos_id), ("pad_token_id", tokenizer.pad_id)):
             config.setdefault(key, value)
 
-    def write(tmp: Path) -> None:
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        save_file(stored_state_dict(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-
-    return write_folder_atomically(folder, write)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(stored_state_dict(model), str(folder / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save(folder)
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,6 +51,11 @@ class LSTMConfig:
         per_layer = 4 * (2 * self.dim * self.dim + 2 * self.dim)
         return self.vocab_size * self.dim + self.n_layers * per_layer
 
+    def training_flops_per_token(self) -> int:
+        """Forward + backward (3 forwards) of one token: 2 FLOPs per weight it meets, the 4 gates'
+        input and recurrent matrices of every layer and the output head (the lookup is free)."""
+        return 3 * 2 * (self.n_layers * 8 * self.dim * self.dim + self.vocab_size * self.dim)
+
 
 class LSTMBackbone(nn.Module):
     def __init__(self, config: LSTMConfig) -> None:

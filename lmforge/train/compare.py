@@ -121,8 +121,7 @@ def decoder_step_flops(model: Transformer, batch_size: int, seq_len: int) -> flo
 
 
 def lstm_step_flops(model: LSTMLanguageModel, batch_size: int, seq_len: int) -> float:
-    c = model.config
-    return 3 * batch_size * seq_len * 2 * (c.n_layers * 8 * c.dim * c.dim + c.vocab_size * c.dim)
+    return batch_size * seq_len * model.config.training_flops_per_token()
 
 
 def t5_step_flops(model: T5ForConditionalGeneration, batch_size: int, seq_len: int) -> float:

@@ -3,7 +3,9 @@
 `PretrainConfig.from_dict` validates a nested dict (as read from YAML, after `key=value` overrides)
 against the dataclasses below: unknown keys and wrong types are errors that name the key.
 The model section is a `ModelConfig`; its vocab_size and max_seq_len are taken from the data's
-tokenizer and from `seq_len`, so a recipe never has to repeat them.
+tokenizer and from `seq_len`, so a recipe never has to repeat them. `architecture: lstm` trains
+the recurrent baseline of the `lstm` section instead (its vocab_size also the data's), by the same
+loop with truncated BPTT (train/recurrent.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
 from lmforge.core.config import ModelConfig
+from lmforge.model.lstm import LSTMConfig
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,9 @@ class RecipeConfig:
 class PretrainConfig(RecipeConfig):
     data: str  # a folder written by `lmforge prepare`
     out_dir: str = "runs/pretrain"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    architecture: Literal["decoder", "lstm"] = "decoder"  # which section below is trained
+    model: ModelConfig = field(default_factory=ModelConfig)  # the decoder's shape
+    lstm: LSTMConfig = field(default_factory=LSTMConfig)  # the LSTM's shape (architecture: lstm)
     seq_len: int = 256
     batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (token-weighted)
@@ -127,6 +132,9 @@ class PretrainConfig(RecipeConfig):
                         ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"))
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0")
+        if self.architecture == "lstm" and self.distributed == "fsdp":
+            raise ValueError("distributed: fsdp shards transformer blocks; an LSTM (architecture: lstm) trains alone "
+                             "or under ddp")
 
 
 # --------------------------------------------------------------------------------------------

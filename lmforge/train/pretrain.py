@@ -7,18 +7,24 @@ training methods (accumulation, clipping, evaluation, logging, checkpoints, sign
 the modules of `lmforge.train` (step, validation, metrics, checkpointing, signals); what is left
 here is the order in which they happen, as phases that can each be called alone:
 
-    1 data        TokenData, tokenizer, TrainLoader
-    2 model       `build_model` (fresh weights of the recipe's shape)
+    1 data        TokenData, tokenizer, TrainLoader (the LSTM: StreamLoader, consecutive windows)
+    2 model       `build_model` (fresh weights of the recipe's shape: a decoder, or an LSTM)
     3 resume      `resume_run` (weights before wrapping; the optimizer's state once it exists)
     4 the loop    `train`: `train_step`, then `validate` / `write_samples` / `save` on their schedules
     5 the end     `finish`: last validation, samples, checkpoint, plot
 
 `_pretrain` is the whole run in one screen: data, model and resume build a `PretrainRun`, on
 which the loop and the end work; a `with` block stops the progress bar even after a crash.
+
+`architecture: lstm` runs the same phases on the recurrent baseline (train/recurrent.py): its
+loader reads contiguous streams window after window, its training forward (`logits_fn`) starts
+each window from the state the previous one left (truncated BPTT), that state is saved with
+every checkpoint, and validation reads the decoder's held-out windows from a zero state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -35,6 +41,7 @@ import lmforge
 from lmforge.data.loader import TrainLoader, eval_batches
 from lmforge.data.shards import TokenData
 from lmforge.io.checkpoint import CheckpointError
+from lmforge.model.lstm import LSTMLanguageModel, init_lstm_weights
 from lmforge.model.transformer import Transformer, init_weights
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.config import PretrainConfig
@@ -59,7 +66,9 @@ from lmforge.train.metrics import MetricsLog, Throughput, plot_metrics, progress
 from lmforge.train.precision import autocast
 from lmforge.train.reproducibility import prepare_process
 from lmforge.train.signals import StopSignals, TrainClock
-from lmforge.train.step import accumulate_gradients, clip_gradients, ensure_finite
+from lmforge.train.recurrent import CarriedState, SplitTokens, StreamLoader, fresh_state_logits
+from lmforge.train.recurrent import sample_text as lstm_sample_text
+from lmforge.train.step import Batch, LogitsFn, accumulate_gradients, batch_logits, clip_gradients, ensure_finite
 from lmforge.train.validation import EvalResult, sample_text, validation_loss
 from lmforge.train.optim import build_optimizer
 from lmforge.train.schedule import fraction_done, lr_multiplier
@@ -126,9 +135,20 @@ def pretrain(config: PretrainConfig, *, resume: bool = False,
 # --------------------------------------------------------------------------------------------
 # Phases 1-3: data, model, resume
 # --------------------------------------------------------------------------------------------
-def build_model(config: PretrainConfig, vocab_size: int, device: torch.device) -> Transformer:
+def build_loader(config: PretrainConfig, data: TokenData, dist: DistInfo) -> TrainLoader | StreamLoader:
+    """Phase 1: random windows for a decoder; for the LSTM, consecutive windows of contiguous streams."""
+    if config.architecture == "lstm":
+        return StreamLoader(SplitTokens(data.train), config.seq_len, config.batch_size, rank=dist.rank, world=dist.world)
+    return TrainLoader(data.train, config.seq_len, config.batch_size, seed=config.seed, rank=dist.rank, world=dist.world)
+
+
+def build_model(config: PretrainConfig, vocab_size: int, device: torch.device) -> Transformer | LSTMLanguageModel:
     """Phase 2: a freshly initialised model of the recipe's shape, with the data's vocabulary and
-    a context of `seq_len`."""
+    a context of `seq_len` (the decoder's)."""
+    if config.architecture == "lstm":
+        lstm = LSTMLanguageModel(dataclasses.replace(config.lstm, vocab_size=vocab_size))
+        init_lstm_weights(lstm, seed=config.seed)
+        return lstm.to(device)
     model = Transformer(config.model.replace(vocab_size=vocab_size, max_seq_len=config.seq_len))
     init_weights(model, seed=config.seed)
     return model.to(device)
@@ -141,7 +161,7 @@ class PretrainState(RunState):
     next_eval_s: float | None = None
 
 
-def resume_run(config: PretrainConfig, model: Transformer, loader: TrainLoader,
+def resume_run(config: PretrainConfig, model: Transformer | LSTMLanguageModel, loader: TrainLoader | StreamLoader,
                dist: DistInfo) -> tuple[PretrainState, dict[str, Any] | None]:
     """Phase 3: without a checkpoint to resume, a fresh state; else the latest checkpoint's weights
     (into the model before it is wrapped), loader position and counters, and the saved training
@@ -164,10 +184,10 @@ class PretrainRun:
     data: TokenData
     tokenizer: Tokenizer
     token_bytes: torch.Tensor  # UTF-8 bytes of every token id, on the device (bits per byte)
-    model: Transformer  # the plain module (weights, sampling, checkpoints)
+    model: Transformer | LSTMLanguageModel  # the plain module (weights, sampling, checkpoints)
     wrapped: nn.Module  # DDP/FSDP around it (evaluation)
     train_forward: nn.Module  # what training steps call: `wrapped`, compiled when config.compile
-    loader: TrainLoader
+    loader: TrainLoader | StreamLoader
     optimizer: Any
     precision: autocast
     metrics: MetricsLog
@@ -175,6 +195,12 @@ class PretrainRun:
     clock: TrainClock
     state: PretrainState
     on_eval: Callable[[dict[str, Any]], None] | None = None
+    carried: CarriedState | None = None  # the LSTM's state between windows (truncated BPTT)
+
+    @property
+    def logits_fn(self) -> LogitsFn:
+        """How a training step runs the model on a batch."""
+        return batch_logits if self.carried is None else self.carried.logits
 
     @property
     def out(self) -> Path:
@@ -193,9 +219,9 @@ def train_step(run: PretrainRun, progress: float) -> tuple[float, float]:
     """One optimizer step over `grad_accum` micro-batches at run `progress`: (mean loss, gradient norm)."""
     config, dist, state = run.config, run.dist, run.state
     run.optimizer.set_lr_multiplier(lr_multiplier(config.schedule, state.step, progress))
-    micro_batches = [(x.to(dist.device, non_blocking=True), y.to(dist.device, non_blocking=True))
-                     for x, y in (run.loader.next_batch() for _ in range(config.grad_accum))]
-    loss, _ = accumulate_gradients(run.train_forward, micro_batches, dist, precision=run.precision)
+    micro_batches = [to_device(run.loader.next_batch(), dist.device) for _ in range(config.grad_accum)]
+    loss, _ = accumulate_gradients(run.train_forward, micro_batches, dist, logits_fn=run.logits_fn,
+                                   precision=run.precision)
     ensure_finite(loss, state.step + 1, dist)
     grad_norm = clip_gradients(run.model, config.grad_clip)
     run.optimizer.step()
@@ -205,6 +231,11 @@ def train_step(run: PretrainRun, progress: float) -> tuple[float, float]:
     return loss, grad_norm
 
 
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """A batch's tensors on `device` (other parts, such as the LSTM's `fresh` flag, as they are)."""
+    return tuple(part.to(device, non_blocking=True) if isinstance(part, torch.Tensor) else part for part in batch)
+
+
 def validate(run: PretrainRun) -> EvalResult:
     """Validation loss and bits per byte (every rank its share of the val split), logged, kept in
     `state.evals` and handed to `on_eval`."""
@@ -212,7 +243,8 @@ def validate(run: PretrainRun) -> EvalResult:
     batches = [(x.to(dist.device), y.to(dist.device)) for x, y in
                eval_batches(run.data.val, config.seq_len, config.eval_batch_size, rank=dist.rank, world=dist.world,
                             max_tokens=config.eval_tokens)]
-    result = validation_loss(run.wrapped, batches, run.token_bytes, dist, precision=run.precision)
+    result = validation_loss(run.wrapped, batches, run.token_bytes, dist, precision=run.precision,
+                             logits_fn=batch_logits if run.carried is None else fresh_state_logits)
     record = {"step": state.step, "tokens": state.tokens, "time_s": round(run.clock.seconds, 3),
               "val_loss": result.loss, "val_bpb": result.bpb, "eval_s": round(result.seconds, 3)}
     run.metrics.log(**record)
@@ -243,8 +275,12 @@ def write_samples(run: PretrainRun) -> None:
     if not config.sample_prompts or not (run.dist.is_main or run.fsdp):  # FSDP: forward is a collective
         return
     room = config.seq_len - 8
-    texts = sample_text(run.model, run.tokenizer, list(config.sample_prompts),
-                        max_new_tokens=min(config.sample_tokens, room), seed=config.seed)
+    if isinstance(run.model, LSTMLanguageModel):  # no context limit, but as many tokens as the decoder's
+        texts = lstm_sample_text(run.model, run.tokenizer, list(config.sample_prompts), start_id=run.data.boundary_id,
+                                 max_new_tokens=min(config.sample_tokens, room), seed=config.seed)
+    else:
+        texts = sample_text(run.model, run.tokenizer, list(config.sample_prompts),
+                            max_new_tokens=min(config.sample_tokens, room), seed=config.seed)
     for prompt, text in zip(config.sample_prompts, texts):
         run.metrics.log(step=run.state.step, tokens=run.state.tokens, prompt=prompt, sample=text)
         run.display.message(f"sample @ step {run.state.step}: {prompt + text!r}")
@@ -255,6 +291,8 @@ def save(run: PretrainRun) -> None:
     config, dist, state = run.config, run.dist, run.state
     train_state = {"step": state.step, "tokens": state.tokens, "train_seconds": run.clock.seconds,
                    "loader": run.loader.state_dict(), "next_eval_s": state.next_eval_s}
+    if run.carried is not None:
+        train_state["carried_state"] = run.carried.state_dict()
     meta = {"step": state.step, "tokens": state.tokens, "train_seconds": round(run.clock.seconds, 3),
             "val_loss": state.evals[-1]["val_loss"] if state.evals else None, "lmforge_version": lmforge.__version__,
             "world_size": dist.world, "pretrain_config": config.to_dict()}
@@ -333,8 +371,7 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
         display.start("pretrain")
         data = TokenData.open(config.data)  # phase 1
         tokenizer = Tokenizer.from_folder(data.tokenizer_folder)
-        loader = TrainLoader(data.train, config.seq_len, config.batch_size, seed=config.seed, rank=dist.rank,
-                             world=dist.world)
+        loader = build_loader(config, data, dist)
         model = build_model(config, data.vocab_size, dist.device)  # phase 2
         state, resumed = resume_run(config, model, loader, dist) if resume else (
             PretrainState(next_eval_s=config.eval_every_s), None)  # phase 3
@@ -348,7 +385,9 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
         run = PretrainRun(config, dist, data, tokenizer, token_bytes, model, wrapped,
                           torch.compile(wrapped) if config.compile else wrapped, loader, optimizer,
                           autocast(dist.device, config.dtype), metrics, display, TrainClock(already=state.train_seconds),
-                          state, on_eval)
+                          state, on_eval, CarriedState() if config.architecture == "lstm" else None)
+        if resumed is not None and run.carried is not None:
+            run.carried.load_state_dict(resumed.get("carried_state", {}), dist.device)
         if dist.is_main:
             write_text_atomically(run.out / "run_config.json", json.dumps(config.to_dict(), indent=2) + "\n")
             display.message(describe(run) + (f"; resuming at step {state.step}" if resumed else ""))
@@ -368,5 +407,6 @@ def _pretrain(config: PretrainConfig, dist: DistInfo, resume: bool,
 def describe(run: PretrainRun) -> str:
     """The log's first line: model size, data, processes."""
     n_params = sum(p.numel() for p in run.model.parameters())
-    return (f"model: {run.model.config.family}, {n_params / 1e6:.2f}M parameters; data: {run.data.train.tokens:,} train / "
+    kind = "lstm" if isinstance(run.model, LSTMLanguageModel) else run.model.config.family
+    return (f"model: {kind}, {n_params / 1e6:.2f}M parameters; data: {run.data.train.tokens:,} train / "
             f"{run.data.val.tokens:,} val tokens; {run.dist.world} process(es)")

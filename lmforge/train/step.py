@@ -22,7 +22,10 @@ def batch_logits(model: nn.Module, batch: Batch) -> torch.Tensor:
     if segments and segments[0] is not None:
         return model(inputs, segment_ids=segments[0])
     return model(inputs)
+
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+LogitsFn = Callable[[nn.Module, Batch], torch.Tensor]  # (model, batch) -> logits: `batch_logits`, or a family's own
 
 
 class NonFiniteLossError(RuntimeError):
@@ -30,14 +33,15 @@ class NonFiniteLossError(RuntimeError):
 
 
 def accumulate_gradients(model: nn.Module, micro_batches: list[Batch], dist: DistInfo, *,
-                         loss_fn: LossFn = token_cross_entropy,
+                         loss_fn: LossFn = token_cross_entropy, logits_fn: LogitsFn = batch_logits,
                          precision: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
     """Forward and backward over the micro-batches of one step, weighting every target token equally.
 
     Each micro-batch's summed loss is divided by the number of target tokens in the whole step
     (all micro-batches, all ranks), so the gradient is the mean over tokens however they are split
     into micro-batches or processes. DDP/FSDP average gradients over ranks, hence the `world`
-    factor. Returns the step's mean loss over all ranks and its global token count.
+    factor. Returns the step's mean loss over all ranks and its global token count. `logits_fn`
+    runs the model on a batch (the LSTM's carries its state from one micro-batch to the next).
     """
     local_tokens = sum(int((batch[1] != IGNORE_INDEX).sum()) for batch in micro_batches)
     global_tokens = int(all_reduce_sum([float(local_tokens)], dist)[0])
@@ -53,7 +57,7 @@ def accumulate_gradients(model: nn.Module, micro_batches: list[Batch], dist: Dis
             model.set_requires_gradient_sync(last)
         with sync:
             with precision or contextlib.nullcontext():
-                logits = batch_logits(model, batch)
+                logits = logits_fn(model, batch)
             loss_sum, _ = loss_fn(logits, targets)
             (loss_sum * scale).backward()
         loss_total += loss_sum.detach().double()

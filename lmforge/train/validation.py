@@ -16,7 +16,7 @@ from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from lmforge.train.losses import IGNORE_INDEX, bits_per_byte, token_cross_entropy
 from lmforge.train.metrics import MetricsLog
-from lmforge.train.step import Batch, LossFn, batch_logits
+from lmforge.train.step import Batch, LogitsFn, LossFn, batch_logits
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,8 @@ class EvalResult:
 
 @torch.no_grad()
 def validation_loss(model: nn.Module, batches: Iterable[Batch], token_bytes: torch.Tensor, dist: DistInfo, *,
-             precision: contextlib.AbstractContextManager | None = None, loss_fn: LossFn = token_cross_entropy) -> EvalResult:
+             precision: contextlib.AbstractContextManager | None = None, loss_fn: LossFn = token_cross_entropy,
+             logits_fn: LogitsFn = batch_logits) -> EvalResult:
     """Loss and bits per byte over every batch given (each rank passes its own share).
 
     Ranks may hold different numbers of batches; the shorter ones run throw-away forwards so that
@@ -46,7 +47,7 @@ def validation_loss(model: nn.Module, batches: Iterable[Batch], token_bytes: tor
         batch = batches[index] if real else batches[0] if batches else (torch.zeros(1, 1, dtype=torch.long),) * 2
         targets = batch[1]
         with precision or contextlib.nullcontext():
-            logits = batch_logits(model, batch)
+            logits = logits_fn(model, batch)
         if not real:
             continue
         batch_loss, count = loss_fn(logits, targets)
