@@ -1,4 +1,5 @@
-"""`lmforge t5`, `lmforge bert`, `lmforge fill-mask`: the encoder-decoder and encoder families."""
+"""`lmforge t5`, `lmforge bert`, `lmforge fill-mask`, `lmforge t5-generate`, `lmforge lstm-generate`: the
+encoder-decoder, encoder and recurrent families (the LSTM trains with `lmforge pretrain architecture=lstm`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ from typing import Any
 
 from lmforge.cli.recipes import default_recipe, recipe_data
 from lmforge.core.progress import ProgressDisplay
-from lmforge.io.hf_seq2seq import load_bert
+from lmforge.io.hf_seq2seq import load_bert, load_lstm, load_t5
 from lmforge.model.bert import BertForMaskedLM
 from lmforge.tokenizer.tokenizer import Tokenizer
 from lmforge.train.config import build_dataclass
 from lmforge.train.mlm import BertRecipe, fill_mask, run_bert
-from lmforge.train.seq2seq import T5Recipe, run_t5
+from lmforge.train.recurrent import sample_text
+from lmforge.train.seq2seq import T5Recipe, generate_texts, run_t5
 
 T5_FLAGS = {"data": "data", "out": "out_dir", "task": "task", "pairs": "pairs", "pretrain_steps": "pretrain.max_steps",
             "pretrain_time": "pretrain.time_budget_s", "finetune_steps": "finetune.max_steps",
@@ -76,6 +78,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fill.add_argument("--top-k", type=int, default=5, help="candidates per slot (default 5)")
     fill.set_defaults(func=run_fill_mask)
 
+    t5_generate = subparsers.add_parser(
+        "t5-generate", help="greedy output of a T5 model for each --text",
+        description="Reads each --text with the encoder and prints the decoder's greedy output (up to eos), one line "
+                    "per text. Takes T5ForConditionalGeneration folders: OUT/finetuned of `lmforge t5` or one "
+                    "transformers saved (with a tokenizer.json).")
+    t5_generate.add_argument("--model", required=True, help="a T5 folder (config.json model_type t5)")
+    t5_generate.add_argument("--text", required=True, action="append", help="an input text (repeat for several)")
+    t5_generate.add_argument("--max-new-tokens", type=int, default=32, help="output tokens at most (default 32)")
+    t5_generate.set_defaults(func=run_t5_generate)
+
+    lstm_generate = subparsers.add_parser(
+        "lstm-generate", help="continue a prompt with an LSTM language model",
+        description="Samples a continuation of --prompt from an LSTM folder (a checkpoint of `lmforge pretrain "
+                    "architecture=lstm`, or OUT/lstm/model of `lmforge compare`); the prompt is read after the "
+                    "data's document boundary token, as in training. Prints the prompt and its continuation.")
+    lstm_generate.add_argument("--model", required=True, help="an LSTM folder (config.json model_type lmforge-lstm)")
+    lstm_generate.add_argument("--prompt", default="", help="text to continue (default: empty, a new document)")
+    lstm_generate.add_argument("--max-new-tokens", type=int, default=100, help="tokens to generate (default 100)")
+    lstm_generate.add_argument("--temperature", type=float, default=0.8, help="sampling temperature, 0 = greedy "
+                                                                             "(default 0.8)")
+    lstm_generate.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    lstm_generate.set_defaults(func=run_lstm_generate)
+
 
 def _train(args: argparse.Namespace, recipe_class: type, flags: dict[str, str], run: Any) -> int:
     data = merged(default_recipe(recipe_class), recipe_data(args, flags))  # unnamed keys keep the recipe's defaults
@@ -111,4 +136,30 @@ def run_fill_mask(args: argparse.Namespace) -> int:
     for index, candidates in enumerate(fill_mask(model, tokenizer, args.text, mask_id=mask_id, top_k=args.top_k)):
         shown = ", ".join(f"{token!r} {p:.3f}" for token, p in candidates)
         sys.stdout.write(f"<mask> {index + 1}: {shown}\n")
+    return 0
+
+
+def run_t5_generate(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1:
+        raise ValueError("--max-new-tokens must be at least 1")
+    model = load_t5(args.model)
+    tokenizer = Tokenizer.from_folder(args.model)
+    config = model.config
+    for text in generate_texts(model, tokenizer, args.text, eos_id=config.eos_token_id, pad_id=config.pad_token_id,
+                               max_new_tokens=args.max_new_tokens):
+        sys.stdout.write(text + "\n")
+    return 0
+
+
+def run_lstm_generate(args: argparse.Namespace) -> int:
+    if args.max_new_tokens < 1 or args.temperature < 0:
+        raise ValueError("--max-new-tokens must be at least 1 and --temperature at least 0")
+    model = load_lstm(args.model)
+    tokenizer = Tokenizer.from_folder(args.model)
+    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
+    if start is None:
+        raise ValueError(f"{args.model}: the tokenizer has neither a bos nor an eos token to start from")
+    text = sample_text(model, tokenizer, [args.prompt], max_new_tokens=args.max_new_tokens, start_id=start,
+                       temperature=args.temperature, seed=args.seed)[0]
+    sys.stdout.write(args.prompt + text + "\n")
     return 0

@@ -29,6 +29,14 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2")
 # themselves RefinedWeb*).
 MODEL_TYPES = {"gpt2": "gpt2", **dict.fromkeys(LLAMA_LIKE, "llama"), "falcon": "falcon", "RefinedWeb": "falcon",
                "RefinedWebModel": "falcon", "mpt": "mpt", "bloom": "bloom"}
+# The other architectures' model_types (io/hf_seq2seq.py loads them, not this module): what they are
+# and what to use them with, named when a decoder verb (generate, chat, serve, eval...) is given one.
+OTHER_ARCHITECTURES = {
+    "t5": ("a T5 encoder-decoder", "generate with `lmforge t5-generate --model FOLDER --text ...`"),
+    "bert": ("a BERT encoder", "it does not generate text: fill masks with `lmforge fill-mask --model FOLDER --text "
+                               "'... <mask> ...'` (a BertForMaskedLM folder)"),
+    "lmforge-lstm": ("an LSTM language model", "generate with `lmforge lstm-generate --model FOLDER --prompt ...`"),
+}
 # GPT-2 stores these as Conv1D weights of shape [in, out]; our nn.Linear wants [out, in].
 GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 MAX_CONFIG_BYTES = 1 << 20
@@ -88,6 +96,10 @@ def config_from_hf(data: dict[str, Any], where: str = "config.json") -> ModelCon
             max_seq_len=int(need("n_positions")), norm_eps=float(data.get("layer_norm_epsilon", 1e-5)),
             tie_embeddings=bool(data.get("tie_word_embeddings", True)), attn_bias=True, mlp_bias=True,
         )
+    if model_type in OTHER_ARCHITECTURES:
+        what, instead = OTHER_ARCHITECTURES[model_type]
+        raise ValueError(f"{where}: model_type {model_type!r} is {what}, not a decoder-only model, so this command "
+                         f"cannot use it; {instead}")
     if model_type not in LLAMA_LIKE:
         raise ValueError(f"{where}: model_type {model_type!r} is not supported (supported: {', '.join(MODEL_TYPES)})")
     theta = _rope_theta(data, refuse)

@@ -67,3 +67,62 @@ def test_overrides_keep_the_recipes_other_defaults():
     default = T5Recipe(data="d")
     assert recipe.model == default.model.replace(feed_forward_proj="gated-gelu")
     assert recipe.pretrain == default.pretrain.replace(time_budget_s=240.0)  # still at most 1000 steps
+
+
+def t5_folder(tmp_path):
+    from lmforge.model.t5 import T5Config, T5ForConditionalGeneration, init_t5_weights
+
+    tokenizer = train_char(["abcdefgh <>"])
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+                      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config)
+    init_t5_weights(model, seed=3)
+    return save_hf_folder(model, tokenizer, tmp_path / "t5"), tokenizer
+
+
+def lstm_folder(tmp_path):
+    from lmforge.model.lstm import LSTMConfig, LSTMLanguageModel, init_lstm_weights
+
+    tokenizer = train_char(["abcdefgh "])
+    model = LSTMLanguageModel(LSTMConfig(vocab_size=tokenizer.vocab_size, dim=16, n_layers=1))
+    init_lstm_weights(model, seed=1)
+    with torch.no_grad():
+        model.model.embed_tokens.weight.mul_(50)  # peaked distributions: a greedy choice far from any tie
+    return save_hf_folder(model, tokenizer, tmp_path / "lstm"), tokenizer, model
+
+
+def test_t5_generate_prints_what_transformers_generates(tmp_path, capsys):
+    from transformers import T5ForConditionalGeneration as HFT5
+
+    folder, tokenizer = t5_folder(tmp_path)
+    assert main(["t5-generate", "--model", str(folder), "--text", "abc", "--text", "hgf", "--max-new-tokens", "6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    theirs = HFT5.from_pretrained(str(folder)).eval()
+    for text, line in zip(["abc", "hgf"], lines, strict=True):
+        ids = torch.tensor([tokenizer.encode(text) + [1]])
+        out = theirs.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                              num_beams=1)[0, 1:].tolist()
+        assert line == tokenizer.decode(out[:out.index(1)] if 1 in out else out)
+
+
+def test_lstm_generate_greedy_equals_argmax_over_the_whole_prefix(tmp_path, capsys):
+    folder, tokenizer, model = lstm_folder(tmp_path)
+    assert main(["lstm-generate", "--model", str(folder), "--prompt", "abc", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    ids = [tokenizer.bos_id] + tokenizer.encode("abc")
+    for _ in range(5):  # no carried state: the whole sequence read again for each token
+        ids.append(int(model(torch.tensor([ids]))[0][0, -1].argmax()))
+    assert capsys.readouterr().out == "abc" + tokenizer.decode(ids[4:]) + "\n"
+    assert main(["lstm-generate", "--model", str(folder), "--max-new-tokens", "0"]) == 2
+
+
+def test_decoder_verbs_say_what_to_use_for_other_architectures(tmp_path, capsys):
+    folders = {"fill-mask": bert_folder(tmp_path), "t5-generate": t5_folder(tmp_path)[0],
+               "lstm-generate": lstm_folder(tmp_path)[0]}
+    for instead, folder in folders.items():
+        assert main(["generate", "--model", str(folder), "--prompt", "ab"]) == 2
+        err = capsys.readouterr().err
+        assert f"lmforge {instead} --model FOLDER" in err and "not a decoder-only model" in err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["chat", "--model", str(folders["t5-generate"])]) == 2
+    assert "lmforge t5-generate" in capsys.readouterr().err

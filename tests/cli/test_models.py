@@ -61,3 +61,20 @@ def test_an_unsupported_gguf_architecture_is_refused_by_name(tmp_path):
     writer.close()
     with pytest.raises(ValueError, match="general.architecture 'phi2' is not supported"):
         load_gguf(tmp_path / "phi2.gguf")
+
+
+def test_models_lists_the_architectures_with_how_to_train_and_use_each(capsys):
+    from lmforge.cli.models import architecture_rows
+    from lmforge.io.hf import OTHER_ARCHITECTURES
+    from lmforge.io.hf_seq2seq import LSTM_TYPE
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    rows = {row["name"]: row for row in architecture_rows()}
+    assert list(rows) == ["decoder", "T5", "BERT", "LSTM"]
+    assert set(OTHER_ARCHITECTURES) == {"t5", "bert", LSTM_TYPE}  # the model_types io/hf_seq2seq.load_family reads
+    assert "architecture=lstm" in rows["LSTM"]["train"] and "fill-mask" in rows["BERT"]["use"]
+    for row in rows.values():
+        assert f"{row['name']}: {row['what']}\n  model_type: {row['model_type']}\n  train: {row['train']}" in out
+    for verb in ("lmforge pretrain", "lmforge t5 ", "lmforge bert ", "lmforge t5-generate", "lmforge lstm-generate"):
+        assert verb in out
