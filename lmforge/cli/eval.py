@@ -15,6 +15,7 @@
     lmforge eval --task gsm8k --limit 50 --self-consistency 5 --temperature 0.7   # agreement as confidence
     lmforge eval --task redteam --chat --moderation configs/moderation-default.yaml   # refusal / over-refusal
     lmforge eval --task bias                                # counterfactual gender and age pairs, intervals
+    lmforge eval --task image-qa --model runs/vlm-shapes/stage2 --data runs/vlm-data   # questions about pictures
 """
 
 from __future__ import annotations
@@ -45,7 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "choice, generation with a 'metric', code with 'prompt'/'tests'/'entry_point', or judged; see "
                     "lmforge.eval.tasks.jsonl_task), redteam (refusal of harmful requests and over-refusal of "
                     "harmless look-alikes, alone and with --moderation; redteam:FILE.jsonl for your own), bias "
-                    "(counterfactual sentence pairs: log-likelihood gaps by gender and age with intervals).",
+                    "(counterfactual sentence pairs: log-likelihood gaps by gender and age with intervals), image-qa "
+                    "(a vision-language model folder answers the questions about the generated shape pictures of "
+                    "--data, a folder written by `lmforge vlm data`: accuracy per question kind against the chance "
+                    "of always giving the most common answer, on --split test and heldout (default both); --limit "
+                    "counts pictures per split; answers are cut at min(--max-new-tokens, 16) tokens).",
     )
     add_model_flags(parser)
     parser.add_argument("--task", required=True, help="task name or ppl:PATH / jsonl:PATH")
@@ -59,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of jsonl files: arc/ARC-Easy-validation.jsonl, arc/ARC-Challenge-test.jsonl, "
                              "gsm8k/test.jsonl ... (default: the Hugging Face datasets allenai/ai2_arc and openai/gsm8k "
-                             "from the hub cache, downloaded when online)")
+                             "from the hub cache, downloaded when online; image-qa: the folder `lmforge vlm data` wrote)")
     parser.add_argument("--split", default=None, help="data split to evaluate (default validation for ARC, test for GSM8K)")
     parser.add_argument("--batch-size", type=int, default=32, help="rows per scoring batch / sequences per generation batch")
     parser.add_argument("--max-batch-tokens", type=int, default=8192, help="scoring: rows x padded length per batch")
@@ -169,6 +174,10 @@ def run(args: argparse.Namespace) -> int:
         from lmforge.cli.judging import run_winrate
 
         return run_winrate(args)
+    if args.task.lower() == "image-qa":
+        from lmforge.cli.vlm import run_image_qa
+
+        return run_image_qa(args)
     if args.task.partition(":")[0].lower() in RESPONSIBLE_TASKS:
         return run_responsible(args)
     if args.moderation is not None:

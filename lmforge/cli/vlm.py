@@ -29,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                            "LoRA, questions), the text-only baseline, evaluation after each")
     train.add_argument("--config", required=True, help="YAML recipe, e.g. configs/vlm-shapes.yaml")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                       help="recipe overrides, e.g. out=runs/vlm stage1.steps=50 lm_layers=4 (default: none)")
+                       help="recipe overrides, e.g. out=runs/vlm stage1.steps=50 lm_layers=4; vision_tower=FOLDER uses a "
+                            "local CLIP/SigLIP folder (frozen) instead of the small ViT, vision_feature_layer=-2 its "
+                            "penultimate layer (default: none)")
     train.add_argument("--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)")
     train.set_defaults(func=run_train)
 
@@ -102,3 +104,58 @@ def image_chat(args: argparse.Namespace) -> int:
                                temperature=args.temperature, top_p=args.top_p or 1.0, seed=args.seed)
     print(text)
     return 0
+
+
+def run_image_qa(args: argparse.Namespace) -> int:
+    """`lmforge eval --task image-qa --model VLM_FOLDER --data DATA`: the held-out questions about
+    generated shape pictures (`lmforge.eval.vision.image_qa_results`), accuracy per question kind
+    against chance, results written as every `lmforge eval` task's are."""
+    import time
+
+    from lmforge.cli.responsible import _outputs, _write
+    from lmforge.core.device import parse_dtype
+    from lmforge.eval.vision import EVAL_SPLITS, IMAGE_QA_TASK, image_qa_results
+    from lmforge.io.vision import is_vision_folder, load_vision_model
+
+    refused = [(args.shots.strip() != "0", "--shots (image-qa is zero-shot)"), (args.cot, "--cot"),
+               (args.moderation is not None, "--moderation"), (args.judge or args.baseline, "--judge/--baseline"),
+               (args.device not in ("auto", "cpu"), "--device (image-qa runs on the CPU)")]
+    for flag in [name for on, name in refused if on]:
+        raise ValueError(f"{flag} does not apply to --task {IMAGE_QA_TASK}")
+    if args.data is None:
+        raise ValueError(f"--task {IMAGE_QA_TASK} needs --data FOLDER (written by `lmforge vlm data`)")
+    splits = EVAL_SPLITS if args.split is None else (args.split,)
+    if args.split is not None and args.split not in EVAL_SPLITS:
+        raise ValueError(f"--split must be one of {', '.join(EVAL_SPLITS)} for --task {IMAGE_QA_TASK}, got {args.split!r}")
+    for split in splits:
+        if not (args.data / f"{split}-qa.jsonl").is_file():
+            raise ValueError(f"{args.data / f'{split}-qa.jsonl'} does not exist; write the data with `lmforge vlm data`")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if not is_vision_folder(args.model):
+        raise ValueError(f"--task {IMAGE_QA_TASK} needs a vision-language model folder (OUT/stage2 of `lmforge vlm "
+                         f"train`); {args.model} is not one")
+    _threads(args)
+    started = time.perf_counter()
+    vlm, tokenizer = load_vision_model(args.model, dtype=parse_dtype(args.dtype))
+    load_s = time.perf_counter() - started
+    results = image_qa_results(vlm, tokenizer, args.data, limit=args.limit, splits=splits,
+                               max_new_tokens=min(args.max_new_tokens, 16))
+    if args.no_samples:
+        for run in results["runs"]:
+            run.pop("samples")
+    results.update(model=args.model, dtype=args.dtype, device="cpu", model_load_s=round(load_s, 3),
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    for run in results["runs"]:
+        metrics = run["metrics"]
+        print(f"{IMAGE_QA_TASK} {run['split']}: {run['pictures']} pictures, {run['n']} questions ({run['wall_s']:.1f}s)")
+        print("| question | accuracy | chance | n |\n|---|---|---|---|")
+        for kind, n in run["n_per_kind"].items():
+            print(f"| {kind} | {_rate(metrics[f'acc_{kind}'])} | {_rate(metrics[f'chance_{kind}'])} | {n} |")
+        print(f"| mean | {_rate(metrics['acc'])} | {_rate(metrics['chance'])} | {run['n']} |")
+    _write(results, _outputs(args, IMAGE_QA_TASK))
+    return 0
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

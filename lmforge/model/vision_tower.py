@@ -91,17 +91,6 @@ class TowerConfig:
     def class_token(self) -> bool:
         return self.kind == "clip"
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TowerConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown vision tower config fields: {', '.join(unknown)}")
-        return cls(**data)
-
 
 class TowerOutput(NamedTuple):
     last_hidden_state: torch.Tensor  # [N, T, d]; CLIP's T counts the class token first
@@ -264,13 +253,13 @@ class TowerEncoder(nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """What rebuilds this adapter (with a VisionConfig): see `from_description`."""
-        return {"config": self.tower.config.to_dict(), "image_mean": list(self.mean), "image_std": list(self.std),
+        return {"config": dataclasses.asdict(self.tower.config), "image_mean": list(self.mean), "image_std": list(self.std),
                 "feature_layer": self.feature_layer}
 
     @classmethod
     def from_description(cls, data: dict[str, Any], config: VisionConfig) -> "TowerEncoder":
         try:
-            tower = VisionTower(TowerConfig.from_dict(data["config"]))
+            tower = VisionTower(TowerConfig(**data["config"]))
             return cls(tower, config, tuple(data["image_mean"]), tuple(data["image_std"]), int(data["feature_layer"]))
         except (KeyError, TypeError) as error:
             raise ValueError(f"not a vision tower description ({error!r})") from None
