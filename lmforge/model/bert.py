@@ -10,7 +10,9 @@ Parameter names are Hugging Face's (`BertForMaskedLM`, `BertForSequenceClassific
     bert.pooler.dense, classifier                                        (sequence classifier)
 
 BERT is the post-norm transformer: LayerNorm after each residual sum, learned absolute positions,
-bidirectional attention (every token sees every non-padding token), exact GELU.
+bidirectional attention (every token sees every non-padding token), exact GELU. The activation
+table, the attention core and the padding bias are the ones every family shares
+(lmforge/model/layers.py).
 
 Shapes: B batch, T tokens, D hidden_size, H heads, V vocabulary, C classes.
 """
@@ -25,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
+from lmforge.model.layers import ACTIVATIONS, attend_heads, padding_bias, split_heads
 
 
 @dataclass(frozen=True)
@@ -97,12 +99,10 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        B, T, D = x.shape
-        q, k, v = (proj(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-                   for proj in (self.query, self.key, self.value))  # [B, H, T, Dh]
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return y.transpose(1, 2).reshape(B, T, D)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x [B, T, D] -> [B, T, D]; bias [B, 1, 1, T] hides padded keys (None: every key)."""
+        q, k, v = (split_heads(proj(x), self.n_heads) for proj in (self.query, self.key, self.value))  # [B, H, T, Dh]
+        return attend_heads(q, k, v, bias)
 
 
 class BertResidual(nn.Module):
@@ -141,8 +141,8 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertResidual(config.intermediate_size, config)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention.output(self.attention.self(x, mask), x)
+    def forward(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        x = self.attention.output(self.attention.self(x, bias), x)
         return self.output(self.intermediate(x), x)
 
 
@@ -174,10 +174,10 @@ class BertModel(nn.Module):
         """Hidden states [B, T, D]; attention_mask [B, T] (0 = padding) hides padded keys."""
         if ids.shape[1] > self.config.max_position_embeddings:
             raise ValueError(f"{ids.shape[1]} tokens exceed the model's {self.config.max_position_embeddings} positions")
-        mask = attention_mask.bool()[:, None, None, :] if attention_mask is not None else None  # [B, 1, 1, T]
         x = self.embeddings(ids, token_type_ids)
+        bias = padding_bias(attention_mask, x)  # [B, 1, 1, T]
         for layer in self.encoder.layer:
-            x = layer(x, mask)
+            x = layer(x, bias)
         return x
 
 

@@ -17,6 +17,9 @@ looked up by the bucketed distance between query and key (computed once in the f
 stack and reused by every layer); with tied embeddings the decoder output is scaled by d_model^-0.5
 before the shared head.
 
+The norm, the activations, the attention core and the padding bias are the ones every family
+shares (lmforge/model/layers.py).
+
 Shapes: B batch, S encoder tokens, T decoder tokens, D d_model, H heads, Dh d_kv, V vocabulary.
 """
 
@@ -28,17 +31,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from lmforge.model.transformer import RMSNorm
-
-ACTIVATIONS = {
-    "relu": F.relu,
-    "gelu": F.gelu,  # exact (erf) GELU, as HF's "gelu"
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),  # what HF's "gated-gelu" uses
-    "silu": F.silu,
-}
+from lmforge.model.layers import ACTIVATIONS, RMSNorm, attend_heads, padding_bias, split_heads
 
 
 @dataclass(frozen=True)
@@ -145,10 +140,6 @@ class T5Attention(nn.Module):
         if has_relative_bias:
             self.relative_attention_bias = nn.Embedding(config.relative_attention_num_buckets, config.num_heads)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.n_heads, self.d_kv).transpose(1, 2)  # [B, H, L, Dh]
-
     def position_bias(self, query_positions: torch.Tensor, key_length: int) -> torch.Tensor:
         """[1, H, Tq, Tk] bias for queries at `query_positions` [Tq] over keys 0..key_length-1."""
         keys = torch.arange(key_length, device=query_positions.device)
@@ -156,15 +147,15 @@ class T5Attention(nn.Module):
                                           self.num_buckets, self.max_distance)
         return self.relative_attention_bias(bucket).permute(2, 0, 1)[None]
 
-    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """x [B, T, D] queries over keys/values [B, H, S, Dh]; bias [B or 1, H, T, S] holds positions and masks."""
-        B, T, _ = x.shape
-        q = self.split_heads(self.q(x))
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), scale=1.0)
-        return self.o(y.transpose(1, 2).reshape(B, T, -1))
+    def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                bias: torch.Tensor | None) -> torch.Tensor:
+        """x [B, T, D] queries over keys/values [B, H, S, Dh]; bias [B or 1, H or 1, T or 1, S] holds
+        positions and masks (None: every key). No 1/sqrt(Dh) score scale."""
+        return self.o(attend_heads(split_heads(self.q(x), self.n_heads), keys, values, bias, scale=1.0))
 
     def project_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.split_heads(self.k(x)), self.split_heads(self.v(x))
+        """Keys and values [B, H, S, Dh] of x [B, S, D]."""
+        return split_heads(self.k(x), self.n_heads), split_heads(self.v(x), self.n_heads)
 
 
 class T5FeedForward(nn.Module):
@@ -225,20 +216,13 @@ class T5Block(nn.Module):
 class T5Cache:
     """Decoder state while generating: per layer, the self-attention keys/values of the tokens so
     far [B, H, t, Dh] (grown by one step at a time) and the cross-attention keys/values of the
-    encoder output [B, H, S, Dh] (computed once), plus the encoder's padding bias [B, 1, 1, S]."""
+    encoder output [B, H, S, Dh] (computed once), plus the encoder's padding bias [B, 1, 1, S]
+    (None without padding)."""
 
     self_kv: list[tuple[torch.Tensor, torch.Tensor]]
     cross_kv: list[tuple[torch.Tensor, torch.Tensor]]
-    encoder_bias: torch.Tensor
+    encoder_bias: torch.Tensor | None
     length: int = 0
-
-
-def padding_bias(attention_mask: torch.Tensor | None, hidden: torch.Tensor) -> torch.Tensor:
-    """[B or 1, 1, 1, S] additive bias over the keys of `hidden` [B, S, D] that hides padded ones
-    (attention_mask 0), with the dtype's minimum as HF uses."""
-    if attention_mask is None:
-        return hidden.new_zeros(1, 1, 1, hidden.shape[1])
-    return (~attention_mask.bool())[:, None, None, :].to(hidden.dtype) * torch.finfo(hidden.dtype).min
 
 
 class T5Stack(nn.Module):
@@ -256,7 +240,10 @@ class T5Stack(nn.Module):
     def encode(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """Encoder: embeddings [B, S, D] -> hidden states [B, S, D]."""
         S = x.shape[1]
-        bias = self.bias_owner.position_bias(torch.arange(S, device=x.device), S) + padding_bias(attention_mask, x)
+        bias = self.bias_owner.position_bias(torch.arange(S, device=x.device), S)  # [1, H, S, S]
+        padding = padding_bias(attention_mask, x)  # [B, 1, 1, S]
+        if padding is not None:
+            bias = bias + padding
         for block in self.block:
             attention, ff = block.layer
             h = attention.layer_norm(x)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.core.config import ModelConfig
+from lmforge.model.layers import RMSNorm  # shared with T5 and the ViT (model/layers.py)
 from lmforge.model.quant import GroupQuantized, quantize_model
 
 
@@ -162,16 +163,6 @@ def attend_each_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: t
 # --------------------------------------------------------------------------------------------
 # Llama family
 # --------------------------------------------------------------------------------------------
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
-
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     first, second = x.chunk(2, dim=-1)
     return torch.cat((-second, first), dim=-1)

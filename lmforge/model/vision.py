@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.core.config import ModelConfig
-from lmforge.model.transformer import AttentionInputs, LlamaBlock, RMSNorm, Transformer, run_blocks
+from lmforge.model.layers import RMSNorm
+from lmforge.model.transformer import AttentionInputs, LlamaBlock, Transformer, run_blocks
 
 __all__ = ["Projector", "VisionConfig", "VisionEncoder", "VisionLanguageModel", "rotary_2d"]
 
