@@ -143,3 +143,24 @@ def test_pretrain_cli_trains_an_lstm_and_writes_its_cost(tiny_data, tmp_path, ca
     with pytest.raises(ValueError, match="fsdp"):
         PretrainConfig.from_dict(tiny_config(tiny_data, tmp_path / "x", architecture="lstm", distributed="fsdp"))
 
+
+
+@pytest.mark.slow
+def test_lstm_under_ddp_two_processes_match_one_process(tiny_data, tmp_path):
+    """Rank r reads streams r*B..(r+1)*B-1 of the 2B the single process reads, each with its own carried state."""
+    from run_helpers import start_pretrain
+    from test_distributed import TORCHRUN
+
+    def recipe(name, batch_size):
+        return write_config(tmp_path / f"{name}.yaml", tiny_config(
+            tiny_data, tmp_path / name, architecture="lstm", lstm={"dim": 32, "n_layers": 2}, max_steps=8,
+            batch_size=batch_size, deterministic=True, eval_every=4, sample_prompts=[], plot=False))
+
+    one = start_pretrain(recipe("single", 8), "--quiet")
+    two = start_pretrain(recipe("multi", 4), "--quiet", prefix=TORCHRUN)
+    assert one.wait(timeout=300) == 0, one.stdout.read()
+    assert two.wait(timeout=300) == 0, two.stdout.read()
+    expected, got = train_losses(tmp_path / "single"), train_losses(tmp_path / "multi")
+    assert sorted(got) == list(range(1, 9))
+    for step in expected:
+        assert got[step] == pytest.approx(expected[step], rel=2e-5, abs=2e-5), step
