@@ -355,7 +355,8 @@ def create_app(model: Transformer, tokenizer: Tokenizer, config: ServeConfig, ra
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": config.model_id, "running": service.scheduler.in_use,
-                "capacity": service.scheduler.capacity, "auth": config.api_key is not None}
+                "capacity": service.scheduler.capacity, "auth": config.api_key is not None,
+                "vision": images.vlm is not None}  # the chat page offers image upload when true
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:

@@ -1,22 +1,26 @@
 """Live servers on 127.0.0.1 for the serve tests.
 
-`server`: the app in this process (uvicorn in a thread) over the session's already-loaded SmolLM2,
-capacity 4. `keyed_server`: `lmforge serve ... --api-key` as a subprocess, the way a user starts it.
+`server`: the app in this process (uvicorn in a thread, `live_app`) over the session's already-loaded
+SmolLM2, capacity 4. `keyed_server`: `lmforge serve ... --api-key` as a subprocess, the way a user
+starts it. `vision_model`: a tiny untrained vision-language model and its tokenizer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
 from lmforge.serve import ServeConfig, create_app
 
@@ -69,12 +73,11 @@ def wait_until_up(url: str, timeout: float, process: subprocess.Popen | None = N
     raise RuntimeError(f"server at {url} did not come up within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def server(smollm):
+@contextlib.contextmanager
+def live_app(app) -> Iterator[LiveServer]:
+    """`app` served by uvicorn in a thread of this process while the block runs."""
     import uvicorn
 
-    model, tokenizer = smollm
-    app = create_app(model, tokenizer, ServeConfig(model_id=MODEL, max_concurrency=4))
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     uv = uvicorn.Server(config)
@@ -85,6 +88,35 @@ def server(smollm):
     yield LiveServer(url, app)
     uv.should_exit = True
     thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def server(smollm):
+    model, tokenizer = smollm
+    with live_app(create_app(model, tokenizer, ServeConfig(model_id=MODEL, max_concurrency=4))) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def vision_model(tmp_path_factory):
+    """A tiny untrained vision-language model (ViT, projector, 2-layer LM), saved and loaded back."""
+    from lmforge.core.config import ModelConfig
+    from lmforge.io.vision import load_vision_model, save_vision_model
+    from lmforge.model.transformer import Transformer, init_weights
+    from lmforge.model.vision import Projector, VisionConfig, VisionEncoder, VisionLanguageModel
+    from lmforge.tokenizer.image_chat import choose_image_token
+    from lmforge.tokenizer.train import train_bpe
+
+    tokenizer = train_bpe(["What colour is it? red green blue"] * 20, vocab_size=300)
+    torch.manual_seed(0)
+    lm = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                                 ffn_dim=64, max_seq_len=128))
+    init_weights(lm, seed=0)
+    token, token_id = choose_image_token(tokenizer)
+    config = VisionConfig(image_size=24, patch_size=6, dim=32, n_layers=1, n_heads=2, ffn_dim=64, lm_dim=32, image_token=token)
+    folder = save_vision_model(tmp_path_factory.mktemp("vlm") / "model",
+                               VisionLanguageModel(lm, VisionEncoder(config), Projector(config), token_id), tokenizer)
+    return load_vision_model(folder)
 
 
 @pytest.fixture(scope="session")

@@ -10,21 +10,14 @@ import struct
 import zlib
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from openai import BadRequestError, OpenAI
 from PIL import Image
 
-from lmforge.core.config import ModelConfig
 from lmforge.data.images import ImageLimits
 from lmforge.infer.moderation import Moderator, policy_from_dict
 from lmforge.infer.vision import answer_prompt
-from lmforge.io.vision import load_vision_model, save_vision_model
-from lmforge.model.transformer import Transformer, init_weights
-from lmforge.model.vision import Projector, VisionConfig, VisionEncoder, VisionLanguageModel
 from lmforge.serve import ServeConfig, create_app
-from lmforge.tokenizer.image_chat import choose_image_token
-from lmforge.tokenizer.train import train_bpe
 
 MODEL = "tiny-vlm"
 
@@ -43,20 +36,6 @@ def bomb_url() -> str:
     ihdr = b"IHDR" + struct.pack(">II", 60000, 60000) + png[24:29]
     png = png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
     return "data:image/png;base64," + base64.b64encode(png).decode()
-
-
-@pytest.fixture(scope="module")
-def vision_model(tmp_path_factory):
-    tokenizer = train_bpe(["What colour is it? red green blue"] * 20, vocab_size=300)
-    torch.manual_seed(0)
-    lm = Transformer(ModelConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                                 ffn_dim=64, max_seq_len=128))
-    init_weights(lm, seed=0)
-    token, token_id = choose_image_token(tokenizer)
-    config = VisionConfig(image_size=24, patch_size=6, dim=32, n_layers=1, n_heads=2, ffn_dim=64, lm_dim=32, image_token=token)
-    folder = save_vision_model(tmp_path_factory.mktemp("vlm") / "model",
-                               VisionLanguageModel(lm, VisionEncoder(config), Projector(config), token_id), tokenizer)
-    return load_vision_model(folder)
 
 
 def ask(url: str) -> list[dict]:
@@ -128,3 +107,20 @@ def test_moderation_checks_image_requests_too(vision_model, tmp_path):
         assert filtered.choices[0].message.content == "Sorry, no."
     stages = [json.loads(line)["stage"] for line in log.read_text().splitlines()]
     assert stages == ["input", "output"]
+
+
+def test_chat_page_offers_image_upload_to_a_vision_model(vision_model):
+    """/health says whether the served model takes images (the page shows its Image button then),
+    and the request the page sends for a message with a picture is answered whole."""
+    vlm, tokenizer = vision_model
+    with TestClient(create_app(vlm.lm, tokenizer, ServeConfig(model_id=MODEL), vision=vlm)) as http:
+        assert http.get("/health").json()["vision"] is True
+        page = http.get("/").text
+        assert '<input id="image" type="file"' in page and 'type: "image_url"' in page
+        content = [{"type": "image_url", "image_url": {"url": png_url()}}, {"type": "text", "text": "What colour is it?"}]
+        body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "stream": False,
+                "temperature": 0.7, "max_tokens": 4}
+        response = http.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200 and isinstance(response.json()["choices"][0]["message"]["content"], str)
+    with TestClient(create_app(vlm.lm, tokenizer, ServeConfig(model_id=MODEL))) as http:
+        assert http.get("/health").json()["vision"] is False
