@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                  else config.model.replace(vocab_size=vocab_size, max_seq_len=config.seq_len))
         write_training_cost(result.out_dir, model, config.seq_len, result.tokens, result.train_seconds)
     if result.checkpoint is not None and not args.quiet:
-        hint = ("an LSTM folder: lmforge.io.hf_seq2seq.load_lstm reads it" if config.architecture == "lstm"
-                else f"try: lmforge generate --model {result.checkpoint} --prompt ...")
+        verb = "lstm-generate" if config.architecture == "lstm" else "generate"
+        hint = f"try: lmforge {verb} --model {result.checkpoint} --prompt ..."
         print(f"checkpoint: {result.checkpoint}  ({hint})")
     return 0

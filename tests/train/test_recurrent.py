@@ -135,7 +135,7 @@ def test_pretrain_cli_trains_an_lstm_and_writes_its_cost(tiny_data, tmp_path, ca
     path = write_config(tmp_path / "c.yaml", tiny_config(tiny_data, tmp_path / "run", max_steps=3, plot=False,
                                                          sample_prompts=[], eval_tokens=512))
     assert main(["pretrain", "--config", str(path), "architecture=lstm", "lstm.dim=16", "lstm.n_layers=1"]) == 0
-    assert "load_lstm" in capsys.readouterr().out
+    assert "try: lmforge lstm-generate --model" in capsys.readouterr().out
     model = load_lstm(latest_checkpoint(tmp_path / "run"))
     cost = json.loads((tmp_path / "run" / "cost.json").read_text())
     assert cost["flops_per_token"] == 6 * (8 * 16 * 16 + model.config.vocab_size * 16)
