@@ -22,7 +22,8 @@ from lmforge.train.config import PretrainConfig
 HEADER = """lmforge pretrain recipe: every key with its default (`lmforge pretrain --print-config`).
 Required: data (a folder written by `lmforge prepare`) and at least one of max_steps, max_tokens
 and time_budget_s. model.vocab_size and model.max_seq_len are taken from the data's tokenizer
-and from seq_len, whatever is written here."""
+and from seq_len, whatever is written here. architecture: lstm trains the lstm section's shape
+instead of the model section's (its vocab_size is the data's too)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
