@@ -13,7 +13,7 @@ under transformers' parameter names (so a folder's tensors load without renaming
 
 No block of lmforge's decoders has this arithmetic (Llama blocks: RMSNorm, SwiGLU, rotary; the
 fused families: one q/k/v projection and a GELU fixed per family), so the layer is written here
-once for both towers. `TowerEncoder` maps lmforge's image tensors ([-1, 1], `image_to_tensor`) to
+once for both towers, over `lmforge.model.layers`' attention core and activation table. `TowerEncoder` maps lmforge's image tensors ([-1, 1], `image_to_tensor`) to
 the tower's pixel normalisation and returns patch features (no class token) for the `Projector`.
 """
 
@@ -24,20 +24,17 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lmforge.model.layers import ACTIVATIONS as LAYER_ACTIVATIONS, attend_heads, split_heads
 from lmforge.model.vision import VisionConfig
 
 __all__ = ["TOWER_KINDS", "TowerConfig", "TowerEncoder", "TowerOutput", "VisionTower"]
 
 TOWER_KINDS = ("clip", "siglip")
-ACTIVATIONS = {
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # CLIP
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),  # SigLIP
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-}
+ACTIVATIONS = {**LAYER_ACTIVATIONS,
+               "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),  # CLIP
+               "gelu_pytorch_tanh": LAYER_ACTIVATIONS["gelu_new"]}  # SigLIP: the tanh approximation
 
 
 @dataclass(frozen=True)
@@ -106,11 +103,8 @@ class TowerAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        N, T, d = x.shape
-        q, k, v = (proj(x).view(N, T, self.n_heads, d // self.n_heads).transpose(1, 2)
-                   for proj in (self.q_proj, self.k_proj, self.v_proj))  # [N, H, T, Dh]
-        y = F.scaled_dot_product_attention(q, k, v)  # bidirectional, scale Dh^-0.5
-        return self.out_proj(y.transpose(1, 2).reshape(N, T, d))
+        q, k, v = (split_heads(proj(x), self.n_heads) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        return self.out_proj(attend_heads(q, k, v, None))  # bidirectional, scale Dh^-0.5
 
 
 class TowerMLP(nn.Module):
