@@ -173,12 +173,17 @@ def context_gain(curve: np.ndarray) -> tuple[float, float]:
 
 
 def position_verdict(curves: dict[str, np.ndarray], margin: float = 0.02) -> str:
-    """One plain sentence on whether the decoder gains more from late context than the LSTM."""
+    """One plain sentence on whether the decoder gains more from late context than the LSTM: it must
+    itself improve by more than `margin` nats and by `margin` more than the LSTM."""
     (d_mid, d_end), (l_mid, l_end) = context_gain(curves["decoder"]), context_gain(curves["lstm"])
     d_gain, l_gain = d_mid - d_end, l_mid - l_end
-    numbers = (f"from the second to the last quarter of the context the decoder's loss falls by {d_gain:.3f} nats "
-               f"({d_mid:.3f} -> {d_end:.3f}), the LSTM's by {l_gain:.3f} ({l_mid:.3f} -> {l_end:.3f})")
-    if d_gain > l_gain + margin:
+
+    def change(gain: float, mid: float, end: float) -> str:
+        return f"{'falls' if gain >= 0 else 'rises'} by {abs(gain):.3f} nats ({mid:.3f} -> {end:.3f})"
+
+    numbers = (f"from the second to the last quarter of the context the decoder's loss {change(d_gain, d_mid, d_end)}, "
+               f"the LSTM's {change(l_gain, l_mid, l_end)}")
+    if d_gain > margin and d_gain > l_gain + margin:
         return f"The transformer keeps improving with position while the LSTM flattens: {numbers}."
     return (f"At this scale the per-position curves do not show the transformer gaining more from late "
             f"context than the LSTM: {numbers}.")

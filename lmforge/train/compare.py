@@ -52,6 +52,7 @@ class CompareConfig(RecipeConfig):
     n_layers: int = 4  # decoder layers
     n_heads: int = 4
     lstm_layers: int = 2
+    lstm_segment_windows: int | None = 4  # LSTM streams jump (state reset) every this many windows (train/recurrent.py)
     t5_layers: int = 2  # per stack (encoder and decoder)
     decoder_time_s: float = 420.0  # the decoder's training time; its FLOPs are everyone's budget
     time_cap_factor: float = 1.5  # LSTM/T5 stop at the matched FLOPs or this many times decoder_time_s
@@ -206,7 +207,8 @@ def train_matched(family: str, config: CompareConfig, data: TokenData, windows: 
         model: nn.Module = LSTMLanguageModel(lstm_config(decoder_params, data.vocab_size, config.lstm_layers))
         init_lstm_weights(model, seed=config.seed)
         step_flops = lstm_step_flops(model, config.batch_size, config.seq_len)
-        next_batch = partial(next, stream_batches(split_tokens(data.train), config.batch_size, config.seq_len))
+        next_batch = partial(next, stream_batches(split_tokens(data.train), config.batch_size, config.seq_len,
+                                                   config.lstm_segment_windows, config.seed))
         loss = CarriedStateLoss()
     else:
         pad_id = Tokenizer.from_folder(data.tokenizer_folder).pad_id

@@ -99,6 +99,9 @@ class PretrainConfig(RecipeConfig):
     architecture: Literal["decoder", "lstm"] = "decoder"  # which section below is trained
     model: ModelConfig = field(default_factory=ModelConfig)  # the decoder's shape
     lstm: LSTMConfig = field(default_factory=LSTMConfig)  # the LSTM's shape (architecture: lstm)
+    # LSTM streams jump to random places (state reset) every this many windows; null: contiguous
+    # streams read to the end (train/recurrent.py says why that drifts)
+    lstm_segment_windows: int | None = 4
     seq_len: int = 256
     batch_size: int = 16  # sequences per micro-batch per process
     grad_accum: int = 1  # micro-batches per optimizer step (token-weighted)
@@ -132,6 +135,8 @@ class PretrainConfig(RecipeConfig):
                         ("seq_len", "batch_size", "grad_accum", "log_every", "eval_batch_size", "keep_checkpoints"))
         if self.grad_clip < 0:
             raise ValueError("grad_clip must be >= 0")
+        if self.lstm_segment_windows is not None and self.lstm_segment_windows <= 0:
+            raise ValueError(f"lstm_segment_windows must be positive or null, got {self.lstm_segment_windows}")
         if self.architecture == "lstm" and self.distributed == "fsdp":
             raise ValueError("distributed: fsdp shards transformer blocks; an LSTM (architecture: lstm) trains alone "
                              "or under ddp")

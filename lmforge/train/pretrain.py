@@ -138,7 +138,8 @@ def pretrain(config: PretrainConfig, *, resume: bool = False,
 def build_loader(config: PretrainConfig, data: TokenData, dist: DistInfo) -> TrainLoader | StreamLoader:
     """Phase 1: random windows for a decoder; for the LSTM, consecutive windows of contiguous streams."""
     if config.architecture == "lstm":
-        return StreamLoader(SplitTokens(data.train), config.seq_len, config.batch_size, rank=dist.rank, world=dist.world)
+        return StreamLoader(SplitTokens(data.train), config.seq_len, config.batch_size, rank=dist.rank, world=dist.world,
+                            segment_windows=config.lstm_segment_windows, seed=config.seed)
     return TrainLoader(data.train, config.seq_len, config.batch_size, seed=config.seed, rank=dist.rank, world=dist.world)
 
 

@@ -73,6 +73,9 @@ def test_position_verdict_says_which_way_it_went():
     falling = np.linspace(3.0, 1.0, 64)
     assert position_verdict({"decoder": falling, "lstm": flat}).startswith("The transformer keeps improving")
     assert position_verdict({"decoder": flat, "lstm": falling}).startswith("At this scale")
+    rising, rising_faster = np.linspace(1.0, 1.1, 64), np.linspace(1.0, 1.5, 64)
+    verdict = position_verdict({"decoder": rising, "lstm": rising_faster})  # less worse is not improving
+    assert verdict.startswith("At this scale") and "decoder's loss rises by" in verdict
 
 
 def test_report_has_its_tables_and_plots(tmp_path):

@@ -34,6 +34,25 @@ def test_streams_continue_window_after_window_and_restart_fresh():
     assert torch.equal(seen[4][0], seen[0][0])
 
 
+def test_segments_jump_to_random_places_with_a_fresh_state_and_resume_exactly():
+    tokens = np.arange(1001)
+    loader = StreamLoader(tokens, seq_len=5, batch_size=3, segment_windows=2, seed=7)
+    seen = [loader.next_batch() for _ in range(6)]
+    assert [fresh for _, _, fresh in seen] == [True, False] * 3
+    for first, second in zip(seen[0::2], seen[1::2]):  # inside a segment each stream reads on
+        assert torch.equal(second[0][:, 0], first[0][:, 0] + 5)
+        assert torch.equal(first[1][:, :-1], first[0][:, 1:])
+    assert not torch.equal(seen[0][0], seen[2][0])  # a new segment starts elsewhere
+    assert int(max(b[1].max() for b in seen)) <= 1000
+    resumed = StreamLoader(tokens, seq_len=5, batch_size=3, segment_windows=2, seed=7)
+    resumed.load_state_dict({"window": 1, "passes": 1})
+    assert torch.equal(resumed.next_batch()[0], seen[3][0]) and torch.equal(resumed.next_batch()[0], seen[4][0])
+    with pytest.raises(ValueError, match="segment_windows"):
+        StreamLoader(tokens, seq_len=5, batch_size=3, segment_windows=0)
+    with pytest.raises(ValueError, match="too few"):
+        StreamLoader(np.arange(8), seq_len=5, batch_size=3, segment_windows=2)
+
+
 def test_carried_state_is_dropped_on_a_fresh_window():
     model = LSTMLanguageModel(LSTMConfig(vocab_size=10, dim=8, n_layers=1))
     loss = CarriedStateLoss()
@@ -100,14 +119,15 @@ def lstm_recipe(tiny_data, out, **overrides):
     return PretrainConfig.from_dict(tiny_config(
         tiny_data, out, **{"architecture": "lstm", "lstm": {"dim": 32, "n_layers": 2}, "max_steps": 8,
                            "grad_accum": 2, "eval_every": 4, "schedule": {"name": "constant", "warmup_steps": 2},
-                           "optim": {"name": "adamw", "lr": 1e-2}, "plot": False, "eval_tokens": 512, **overrides}))
+                           "optim": {"name": "adamw", "lr": 1e-2}, "plot": False, "eval_tokens": 512,
+                           "lstm_segment_windows": 3, **overrides}))
 
 
 def test_lstm_pretrain_checkpoint_resume_equals_an_uninterrupted_run(tiny_data, tmp_path):
     whole = pretrain(lstm_recipe(tiny_data, tmp_path / "whole"), show_progress=False)
     pretrain(lstm_recipe(tiny_data, tmp_path / "cut", max_steps=4), show_progress=False)
     state = load_train_state(latest_checkpoint(tmp_path / "cut"))
-    assert state["loader"] == {"window": 8, "passes": 0} and state["carried_state"]["h"].shape == (2, 4, 32)
+    assert state["loader"] == {"window": 2, "passes": 2} and state["carried_state"]["h"].shape == (2, 4, 32)
     resumed = pretrain(lstm_recipe(tiny_data, tmp_path / "cut"), resume=True, show_progress=False)
     expected, got = train_losses(tmp_path / "whole"), train_losses(tmp_path / "cut")
     assert sorted(got) == list(range(1, 9)) and got == expected
