@@ -69,6 +69,23 @@ def test_overrides_keep_the_recipes_other_defaults():
     assert recipe.pretrain == default.pretrain.replace(time_budget_s=240.0)  # still at most 1000 steps
 
 
+def test_the_shipped_t5_reverse_recipe_reads_as_written():
+    from pathlib import Path
+
+    from lmforge.cli.architectures import T5_FLAGS, merged
+    from lmforge.cli.main import build_parser
+    from lmforge.cli.recipes import default_recipe, recipe_data
+    from lmforge.train.config import build_dataclass
+    from lmforge.train.seq2seq import T5Recipe
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "t5-reverse.yaml"
+    args = build_parser().parse_args(["t5", "--config", str(config), "--data", "d"])
+    recipe = build_dataclass(T5Recipe, merged(default_recipe(T5Recipe), recipe_data(args, T5_FLAGS)), "")
+    assert recipe.task == "reverse" and recipe.model.d_model == 64 and recipe.model.relative_attention_num_buckets == 64
+    assert (recipe.pretrain.time_budget_s, recipe.finetune.time_budget_s, recipe.finetune.batch_size) == (120, 480, 128)
+    assert recipe.finetune.optim.lr == 3e-3 and recipe.finetune.optim.weight_decay == T5Recipe(data="d").finetune.optim.weight_decay
+
+
 def t5_folder(tmp_path):
     from lmforge.model.t5 import T5Config, T5ForConditionalGeneration, init_t5_weights
 
