@@ -76,7 +76,8 @@ def add_engine_flags(parser: argparse.ArgumentParser, compile_auto: str) -> None
     """Flags of the decode loop; `compile_auto` says what `--compile auto` means for this verb."""
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"],
                         help=f"run the decode step under torch.compile: faster steps after a one-time compilation "
-                             f"(tens of seconds, cached on disk); auto = {compile_auto} for this command")
+                             f"(minutes the first time on a 2-core machine, then about 40 s from the disk "
+                             f"cache); auto = {compile_auto} for this command")
     parser.add_argument("--speculate", type=int, default=0, metavar="N",
                         help="prompt-lookup speculative decoding: draft up to N tokens by matching the last tokens "
                              "against the prompt and output so far, verified in one step (same output; faster when "

@@ -354,12 +354,22 @@ def quantize_model(model: nn.Module, mode: str, *, group_size: int = 32,
             by_weight[id(weight)] = (q, False)
         return by_weight[id(weight)]
 
-    replacements: dict[str, nn.Module] = {}
+    replacements: dict[str, nn.Module | None] = {}  # None: the layer went into a fused one
+    chosen: dict[str, tuple[GroupQuantized, str]] = {}
     for name, module in modules.items():
         if isinstance(module, nn.Linear) and (found := quantized_weight(module.weight)) is not None:
             q, from_file = found
-            layer_mode = "int4" if from_file else mode
-            replacements[name] = quantized_linear(q, layer_mode, module.bias, compute_dtype)
+            chosen[name] = (q, "int4" if from_file else mode)
+    for name, module in modules.items():
+        for fused_name, parts in getattr(module, "FUSED_PROJECTIONS", {}).items():
+            fused = _fuse(chosen, [modules[f"{name}.{part}"] for part in parts], [f"{name}.{part}" for part in parts],
+                          compute_dtype)
+            if fused is not None:
+                replacements[f"{name}.{fused_name}"] = fused
+                replacements.update({f"{name}.{part}": None for part in parts})
+    for name, (q, layer_mode) in chosen.items():
+        if name not in replacements:
+            replacements[name] = quantized_linear(q, layer_mode, modules[name].bias, compute_dtype)
     for name, module in modules.items():
         if not isinstance(module, nn.Embedding):
             continue
@@ -373,8 +383,36 @@ def quantize_model(model: nn.Module, mode: str, *, group_size: int = 32,
             continue
         replacements[name] = QuantEmbedding(lookup, activation_dtype or module.weight.dtype)
     for name, module in replacements.items():
-        model.set_submodule(name, module)
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        if module is None:
+            delattr(parent, leaf)
+        else:
+            setattr(parent, leaf, module)
     return model
+
+
+def _fuse(chosen: dict[str, tuple[GroupQuantized, str]], layers: list[nn.Linear], names: list[str],
+          compute_dtype: torch.dtype) -> nn.Module | None:
+    """One quantized layer computing `layers` side by side (their outputs concatenated), or None
+    when they cannot share one: a layer left in float, different modes, group sizes or kinds of
+    values (4-bit codes and 8-bit ones take different kernels), a bias on some but not all."""
+    if not all(name in chosen for name in names):
+        return None
+    parts = [chosen[name][0] for name in names]
+    modes = {chosen[name][1] for name in names}
+    biases = [layer.bias for layer in layers]
+    if (len(modes) != 1 or len({q.group_size for q in parts}) != 1 or len({q.zeros is None for q in parts}) != 1
+            or len({len(_nibble_planes(q)) for q in parts}) != 1 or len({b is None for b in biases}) != 1):
+        return None
+    zeros = torch.cat([q.zeros for q in parts]) if parts[0].zeros is not None else None
+    joined = GroupQuantized(torch.cat([q.values for q in parts]), torch.cat([q.scales for q in parts]), zeros,
+                            parts[0].group_size)
+    bias = torch.cat([b.detach() for b in biases]) if biases[0] is not None else None
+    layer = quantized_linear(joined, modes.pop(), bias, compute_dtype)
+    if isinstance(layer, Int4Linear) and layer.planes != len(_nibble_planes(parts[0])):
+        return None  # the joined values span a wider range than each part (Q4_0 next to Q4_1)
+    return layer
 
 
 def _group_for(width: int, group_size: int) -> int:
@@ -408,7 +446,17 @@ def refresh_quantized(twin: nn.Module, source: nn.Module) -> None:
         if isinstance(module, QuantEmbedding) and any(isinstance(m, Int8Linear) and m.weight is module.weight
                                                       for m in twin.modules()):
             continue  # it reads the head's table, refreshed with the head
-        weight = sources[name].weight
+        if name in sources:
+            weight = sources[name].weight
+        else:  # a fused layer (see quantize_model): its parts side by side
+            parent, _, leaf = name.rpartition(".")
+            parts = [sources[f"{parent}.{part}" if parent else part]
+                     for part in getattr(twin.get_submodule(parent), "FUSED_PROJECTIONS", {}).get(leaf, ())]
+            if not parts:
+                raise ValueError(f"{name}: the source model has no such layer (was the twin made from another model?)")
+            weight = torch.cat([part.weight for part in parts])
+            if module.bias is not None:
+                module.bias.copy_(torch.cat([part.bias for part in parts]))
         if isinstance(module, QuantEmbedding):
             q = quantize_int8(weight) if module.zeros is None else quantize_int4(weight, module.group_size)
             fresh = QuantEmbedding(q, module.out_dtype)

@@ -106,7 +106,7 @@ def test_group_sizes_the_int4_kernel_does_not_take_run_the_plain_path(group_size
     model = Transformer(config)
     init_weights(model, seed=0)
     twin = quantize_model(model.eval(), "int4", compute_dtype=torch.float32)
-    assert twin.model.layers[0].self_attn.q_proj.group_size == 16
+    assert twin.model.layers[0].self_attn.qkv_proj.group_size == 16  # q, k and v fused into one layer
     with torch.no_grad():
         logits = twin(torch.tensor([[1, 2, 3]]))
     assert logits.shape == (1, 3, 96) and torch.isfinite(logits).all()
@@ -238,3 +238,52 @@ def test_refresh_requantizes_in_place(mode):
     fresh = quantize_model(model, mode)
     for (name, a), (_, b) in zip(twin.state_dict().items(), fresh.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_projections_reading_one_input_become_one_layer(mode):
+    config = ModelConfig(vocab_size=96, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, max_seq_len=64,
+                         attn_bias=True, mlp_bias=True)
+    model = Transformer(config)
+    init_weights(model, seed=0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_()
+    twin = quantize_model(model.eval(), mode, compute_dtype=torch.float32)
+    attention, mlp = twin.model.layers[0].self_attn, twin.model.layers[0].mlp
+    assert set(attention._modules) == {"qkv_proj", "o_proj"} and set(mlp._modules) == {"gate_up_proj", "down_proj"}
+    # The fused layer computes what the separate layers would, side by side.
+    source = model.model.layers[0].self_attn
+    separate = [quantize_model(nn.Sequential(getattr(source, part)), mode, compute_dtype=torch.float32)[0]
+                for part in ("q_proj", "k_proj", "v_proj")]
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(attention.qkv_proj(x), torch.cat([layer(x) for layer in separate], dim=-1),
+                                   rtol=1e-5, atol=1e-5)
+    # Refreshing from the float model reaches the fused weights and biases.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1)
+    refresh_quantized(twin, model)
+    expected = torch.cat([source.q_proj.bias, source.k_proj.bias, source.v_proj.bias])
+    assert torch.equal(attention.qkv_proj.bias, expected)
+    for (name, a), (_, b) in zip(twin.state_dict().items(), quantize_model(model, mode, compute_dtype=torch.float32)
+                                 .state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_projections_of_different_kinds_stay_separate():
+    model = small_model()
+    attention = "model.layers.0.self_attn"
+    weight = model.get_submodule(f"{attention}.q_proj").weight.detach()
+    signed = quantize_int4(weight, 32)  # rewritten as Q4_0 holds it: codes in [-8, 7], no zero
+    signed = GroupQuantized(signed.values - 8, signed.scales, None, 32)
+    packed = {f"{attention}.q_proj": signed,
+              f"{attention}.k_proj": quantize_int4(model.get_submodule(f"{attention}.k_proj").weight, 32)}
+    twin = quantize_model(model, "int4", packed=packed, keep_float=True)
+    layers = twin.get_submodule(attention)._modules
+    assert "qkv_proj" not in layers and isinstance(layers["q_proj"], Int4Linear)
+    assert isinstance(layers["v_proj"], nn.Linear)  # left in float: nothing to fuse with
+    with torch.no_grad():
+        assert torch.isfinite(twin(torch.tensor([[1, 2, 3]]))).all()
