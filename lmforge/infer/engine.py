@@ -470,14 +470,14 @@ def compile_decode_step(model: Transformer) -> Callable:
     only because nothing else can reach these graphs: Dynamo keeps graphs per code object, so the
     step runs through a code object of its own, bound to this one model (whose modules must not be
     swapped afterwards; their weights may change in place). Inductor's checks of each input's size
-    and stride are left out too (one per parameter per call), and the graph's wrapper is C++."""
+    and stride are left out too (one per parameter per call). Its C++ wrapper (`cpp_wrapper`) was
+    measured and left off: 3-7% faster steps for 40% more compile time (366 s against 258 s cold)."""
     step = type(model).decode_step
     private = types.FunctionType(step.__code__.replace(), step.__globals__, step.__name__, step.__defaults__,
                                  step.__closure__)
     return torch.compile(types.MethodType(private, model), fullgraph=True, options={
         "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe,
         "size_asserts": False,
-        "cpp_wrapper": True,
     })
 
 

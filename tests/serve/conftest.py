@@ -126,7 +126,8 @@ def keyed_server():
     env.pop("LMFORGE_API_KEY", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "lmforge.cli.main", "serve", "--model", MODEL, "--port", str(port),
-         "--api-key", API_KEY, "--max-concurrency", "2", "--threads", "1", "--log-level", "warning"],
+         "--api-key", API_KEY, "--max-concurrency", "2", "--threads", "1", "--log-level", "warning",
+         "--compile", "off"],  # these tests are about the key; a cold compilation takes minutes on 2 cores
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
     url = f"http://127.0.0.1:{port}"
