@@ -7,15 +7,15 @@ configuration runs in its own child process, one after another, so that resident
 own and no peer's threads linger while another is timed. Figures are medians of --repeats runs.
 
     python bench/decode.py                    # the whole table (tens of minutes on 2 cores)
-    python bench/decode.py --threads 2 --modes int4 --compile on --contexts 128 --batches 1
+    python bench/decode.py --threads 2 --modes int4 --compile max --contexts 128 --batches 1,8
 
 Measured per configuration: prefill tokens/s of a --prefill-tokens prompt (batch 1 and 8), decode
 tokens/s at each context of --contexts (the prompt length before decoding) and batch of --batches
-(aggregate over the batch; the prefill is not timed), resident memory after loading, the bytes one
+(aggregate over the batch; the prefill is not timed), resident memory after loading and after the run, the bytes one
 decode step reads (weights plus the KV cache at that context) and the ceiling they imply at the
 machine's measured memory bandwidth. lmforge modes: fp32 and bf16 (dequantized weights), int8
 (every matrix requantized per channel), int4 (the file's Q4_1 blocks as they are, the Q8_0
-embedding as two exact 4-bit planes), each eager and under torch.compile. A peer that is not
+embedding as two exact 4-bit planes), each eager, under torch.compile and with `--compile max`. A peer that is not
 installed is printed as missing. Then prompt-lookup speculative decoding against plain decoding.
 """
 
@@ -352,7 +352,7 @@ def configurations(args) -> list[dict]:
 
 
 def label(job: dict) -> str:
-    compiled = " compiled" if job["compile"] else (" eager" if job["peer"] == "lmforge" else "")
+    compiled = {True: " compiled", "max": " compiled max"}.get(job["compile"], " eager" if job["peer"] == "lmforge" else "")
     plain = " (no AMX/repack: they fault on this CPU)" if job.get("extra_buffers") is False else ""
     return f"{job['peer']} {job['mode']}{compiled}{plain}"
 
@@ -363,7 +363,7 @@ def cell(value: float | None) -> str:
 
 def report(args, results: list[tuple[dict, dict]], bandwidth: float) -> list[str]:
     keys = [f"{c}x{b}" for c in args.contexts for b in args.batches]
-    head = (["configuration", "resident MB"] + [f"prefill {args.prefill_tokens} b{b}" for b in args.prefill_batches]
+    head = (["configuration", "resident MB loaded / after"] + [f"prefill {args.prefill_tokens} b{b}" for b in args.prefill_batches]
             + [f"decode ctx{k.split('x')[0]} b{k.split('x')[1]}" for k in keys]
             + [f"MB read/token ctx{c}" for c in args.contexts] + [f"ceiling ctx{c} b1" for c in args.contexts])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -374,7 +374,8 @@ def report(args, results: list[tuple[dict, dict]], bandwidth: float) -> list[str
                          + " |" * (len(head) - 2))
             continue
         step = [result["step_weight_bytes"] + result["kv_bytes_per_slot"] * c for c in args.contexts]
-        row = ([label(job), f"{result['rss_mb']:.0f}"]
+        after = result.get("rss_after_mb")  # compiled graphs and the KV cache come on top of the weights
+        row = ([label(job), f"{result['rss_mb']:.0f} / {after:.0f}" if after else f"{result['rss_mb']:.0f}"]
                + [cell(result["prefill"].get(str(b))) for b in args.prefill_batches]
                + [cell(result["decode"].get(k)) for k in keys]
                + [f"{s / 2**20:.0f}" for s in step] + [f"{bandwidth * 1e9 / s:.0f}" for s in step])
@@ -441,7 +442,9 @@ def parse_args(argv=None):
                         help="CPU threads for every peer (default: PyTorch's and llama.cpp's own choice, all cores)")
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
     parser.add_argument("--modes", default=",".join(LMFORGE_MODES), help="lmforge modes (and transformers dtypes)")
-    parser.add_argument("--compile", default="off,on", help="lmforge decode step: off, on or both (default both)")
+    parser.add_argument("--compile", default="off,on,max",
+                        help="lmforge decode steps to measure, comma-separated: off (eager), on (torch.compile), max "
+                             "(weights frozen into the graphs, inductor's int4 kernels; `--compile max`) (default all)")
     parser.add_argument("--contexts", default="128,2048", help="prompt lengths before decoding (default 128,2048)")
     parser.add_argument("--batches", default="1,8", help="decode batch sizes (default 1,8)")
     parser.add_argument("--prefill-tokens", type=int, default=512, help="prefill prompt length (default 512)")
@@ -462,7 +465,10 @@ def parse_args(argv=None):
     split = lambda text: [t.strip() for t in text.split(",") if t.strip()]  # noqa: E731
     args.peers = split(args.peers)
     args.modes = split(args.modes)
-    args.compile = [{"off": False, "on": True}[c] for c in split(args.compile)]
+    choices = {"off": False, "on": True, "max": "max"}
+    if bad := [c for c in split(args.compile) if c not in choices]:
+        parser.error(f"--compile takes off, on and max, got {', '.join(bad)}")
+    args.compile = [choices[c] for c in split(args.compile)]
     args.contexts = [int(c) for c in split(args.contexts)]
     args.batches = [int(b) for b in split(args.batches)]
     args.prefill_batches = [int(b) for b in split(args.prefill_batches)]

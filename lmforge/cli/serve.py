@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from lmforge.cli.common import add_engine_flags, add_model_flags, load_from_args
+from lmforge.cli.common import add_engine_flags, add_model_flags, compile_choice, load_from_args
 from lmforge.cli.responsible import add_moderation_flag, load_policy, moderator_for
 from lmforge.data.hub import is_repo_id
 from lmforge.io.registry import NAMED_MODELS
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     config = ServeConfig(
         model_id=model_id(args), api_key=args.api_key or None, max_concurrency=args.max_concurrency,
         cors_origins=tuple(args.cors_origin), default_max_tokens=args.default_max_tokens,
-        compile=args.compile != "off", speculate=args.speculate,
+        compile=compile_choice(args.compile, True), speculate=args.speculate,
     )
     if args.speculate < 0:
         raise ValueError(f"--speculate must be 0 (off) or a positive number of draft tokens, got {args.speculate}")

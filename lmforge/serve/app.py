@@ -59,7 +59,7 @@ class ServeConfig:
     default_max_tokens: int = 1024  # chat replies, when the request sets no limit (capped by the context)
     max_seq_len: int | None = None  # None: the model's context
     moderation: Any = None  # an infer.moderation.Moderator: input checks before generating, output checks after
-    compile: bool = False  # decode step under torch.compile, compiled before the server starts answering
+    compile: bool | str = False  # decode step under torch.compile (True, or "max": see Engine), compiled before answering
     speculate: int = 0  # prompt-lookup draft tokens per step (0: off)
 
     def __post_init__(self) -> None:

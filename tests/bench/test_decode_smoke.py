@@ -39,7 +39,9 @@ def test_every_peer_path_runs_once():
     rows = {line.split(" | ")[0].lstrip("| "): line for line in done.stdout.splitlines() if line.startswith("| ")}
     for name in ("lmforge int4 eager", "transformers fp32"):
         cells = rows[name].strip("| ").split(" | ")
-        assert all(float(c) > 0 for c in cells[1:6]), rows[name]  # memory, prefill, decode b1 and b2, bytes
+        loaded, after = (float(c) for c in cells[1].split(" / "))  # resident MB after loading / after the run
+        assert 0 < loaded <= after * 1.1, rows[name]
+        assert all(float(c) > 0 for c in cells[2:6]), rows[name]  # prefill, decode b1 and b2, bytes
     llama = next(line for name, line in rows.items() if name.startswith("llama.cpp Q4_1"))
     if importlib.util.find_spec("llama_cpp") is None:
         assert "missing: llama_cpp is not installed" in llama
@@ -49,3 +51,9 @@ def test_every_peer_path_runs_once():
     assert "prefill 16 tokens batch 1, fp32" not in done.stdout  # no lmforge fp32 row was asked for
     speculative = [line for line in done.stdout.splitlines() if line.startswith("| Copy this text")]
     assert speculative and speculative[0].rstrip(" |").endswith("yes")
+
+
+def test_an_unknown_compile_setting_is_refused_before_any_work():
+    done = subprocess.run([sys.executable, str(BENCH), "--compile", "on,fast"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 2 and "--compile takes off, on and max, got fast" in done.stderr

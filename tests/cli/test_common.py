@@ -37,3 +37,11 @@ def test_serve_names_a_hub_model_by_its_repo_id():
     assert model_id(parser.parse_args(["serve", "--model", "SmolLM2-135M-Instruct"])) == "smollm2-135m-instruct"
     assert model_id(parser.parse_args(["serve", "--model", "/tmp/some/model.gguf"])) == "model.gguf"
     assert model_id(parser.parse_args(["serve", "--model", REPO, "--model-name", "mine"])) == "mine"
+
+
+def test_compile_flag_maps_to_the_engine_setting():
+    from lmforge.cli.common import compile_choice
+
+    assert compile_choice("max", False) == "max" and compile_choice("on", False) is True
+    assert compile_choice("off", True) is False
+    assert compile_choice("auto", True) is True and compile_choice("auto", False) is False

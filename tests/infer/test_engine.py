@@ -146,6 +146,28 @@ def test_logprobs_are_reported(smollm):
         assert abs(entry.top[0][1] - entry.logprob) < 1e-6
 
 
+def test_rows_of_different_kinds_in_one_batch_decode_as_they_would_alone(smollm):
+    """Plain greedy rows take one batched argmax; penalised, logprob and sampled rows beside them
+    go through the full per-row path. Each must come out as it does in a batch of its own."""
+    model, tokenizer = smollm
+    loop = "red, blue, red, blue, red, blue,"
+    requests = [("The capital of France is", SamplingParams(max_new_tokens=10, ignore_eos=True)),
+                (loop, SamplingParams(max_new_tokens=10, repetition_penalty=2.0, ignore_eos=True)),
+                ("Once upon a time", SamplingParams(max_new_tokens=10, logprobs=1, ignore_eos=True)),
+                ("def add(a, b):", SamplingParams(max_new_tokens=10, temperature=0.9, seed=3, ignore_eos=True)),
+                ("In 1492, Columbus", SamplingParams(max_new_tokens=10, ignore_eos=True))]
+    engine = Engine(model, tokenizer, max_batch_size=len(requests))
+    seqs = [engine.prepare(tokenizer.encode(prompt), params) for prompt, params in requests]
+    engine.admit(seqs)
+    while any(not s.finished for s in seqs):
+        engine.step()
+    for seq, (prompt, params) in zip(seqs, requests):
+        alone = Engine(model, tokenizer, max_batch_size=1).generate([prompt], params)[0]
+        assert seq.token_ids == alone.token_ids, prompt
+    assert [e.token_id for e in seqs[2].logprobs] == seqs[2].token_ids
+    assert seqs[0].token_ids == naive_greedy(model, tokenizer.encode(requests[0][0]), 10)
+
+
 def test_context_overflow_is_a_clear_error(smollm):
     model, tokenizer = smollm
     engine = Engine(model, tokenizer, max_seq_len=64)
@@ -154,6 +176,11 @@ def test_context_overflow_is_a_clear_error(smollm):
     with pytest.raises(ValueError, match="outside the vocabulary"):
         engine.generate([[1, 2, 10**6]], SamplingParams(max_new_tokens=2))
     assert not engine.active
+
+
+def test_unknown_compile_setting_is_a_clear_error(smollm):
+    with pytest.raises(ValueError, match="compile must be False, True or 'max'"):
+        Engine(*smollm, compile="fast")
 
 
 @pytest.mark.parametrize("bad", [

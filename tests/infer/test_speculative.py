@@ -93,7 +93,8 @@ def test_verifying_drafts_computes_what_single_steps_compute(smollm_int4):
 
 def test_compiled_verification_equals_compiled_plain_decoding(smollm):
     """Under torch.compile the drafts go through a graph of their own (T > 1); its tokens are still
-    those of the single-token graph. A small random model, whose greedy output loops, drafts well."""
+    those of the single-token graph. A small random model, whose greedy output loops, drafts well.
+    Compiled with `compile="max"` (weights frozen into the graphs, inductor's own int4 kernels)."""
     from lmforge.core.config import ModelConfig
     from lmforge.model.transformer import Transformer, init_weights
 
@@ -105,8 +106,8 @@ def test_compiled_verification_equals_compiled_plain_decoding(smollm):
     model = quantize_model(model.eval(), "int4")
     prompts = [[5, 6, 7, 8, 5, 6, 7, 8, 5, 6], list(range(100, 140)), [9] * 12]
     params = SamplingParams(max_new_tokens=60, ignore_eos=True)
-    plain = Engine(model, tokenizer, max_batch_size=3, compile=True).generate(prompts, params)
-    engine = Engine(model, tokenizer, max_batch_size=3, compile=True, speculative=PromptLookup(num_draft=4))
+    plain = Engine(model, tokenizer, max_batch_size=3, compile="max").generate(prompts, params)
+    engine = Engine(model, tokenizer, max_batch_size=3, compile="max", speculative=PromptLookup(num_draft=4))
     drafted = engine.generate(prompts, params)
-    assert engine.compile and engine.speculation.accepted > 50
+    assert engine.compile and engine.frozen and engine.speculation.accepted > 50
     assert [c.token_ids for c in drafted] == [c.token_ids for c in plain]
