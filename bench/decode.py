@@ -122,7 +122,7 @@ def work_lmforge(job: dict) -> dict:
     table = weight_bytes(lookup) if isinstance(lookup, QuantEmbedding) and lookup.weight is not model.lm_head.weight else 0
     result["step_weight_bytes"] = weight_bytes(model) - table  # the lookup table reads one row per token
     result["kv_bytes_per_slot"] = kv_bytes_per_slot(model.config, torch.finfo(model.activation_dtype).bits // 8)
-    engine = Engine(model, tokenizer, max_batch_size=max(job["batches"]), compile=job["compile"])
+    engine = Engine(model, tokenizer, max_batch_size=max(job["batches"] + job["prefill_batches"]), compile=job["compile"])
     one = SamplingParams(max_new_tokens=1, ignore_eos=True)
 
     def prefill(prompts):
